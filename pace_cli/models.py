@@ -1,0 +1,137 @@
+"""The one door to a model: timm creation plus local or hub weights, with clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pace_cli.adapters import ADAPTER_TENSOR_NAMES, head_module_name
+from pace_cli.errors import PaceError
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_checkpoints() -> list[str]:
+    assets = resources.files("pace_cli") / "assets"
+    return sorted(p.name[: -len(".safetensors")] for p in assets.iterdir() if p.name.endswith(".safetensors"))
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """A local path, or ``builtin:<name>`` for a backbone shipped in ``pace_cli/assets``."""
+    if checkpoint.startswith(BUILTIN_PREFIX):
+        name = checkpoint[len(BUILTIN_PREFIX):]
+        path = Path(str(resources.files("pace_cli") / "assets" / f"{name}.safetensors"))
+        if not path.is_file():
+            raise PaceError(
+                f"[model] checkpoint {checkpoint!r}: no such built-in backbone; available: "
+                + ", ".join(BUILTIN_PREFIX + n for n in builtin_checkpoints())
+            )
+        return path
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise PaceError(f"[model] checkpoint file '{checkpoint}' not found; check the path (relative paths are "
+                        "taken from the current directory)")
+    return path
+
+
+def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with its failures turned into one-line errors naming the key."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5] if name else []
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise PaceError(f"[model] name {name!r} is not a timm model{hint}; see `timm.list_models()`")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as error:
+        raise PaceError(f"[model] timm rejected the model arguments {sorted(kwargs)} for {name!r}: {error}") from error
+    except (RuntimeError, OSError, ValueError, AssertionError) as error:
+        if pretrained:
+            raise PaceError(
+                f"could not fetch pre-trained weights for {name!r} ({type(error).__name__}: {error}); "
+                "offline machines need [model] checkpoint = a local file instead of pretrained = true"
+            ) from error
+        raise PaceError(f"[model] could not build {name!r} with {kwargs}: {error}") from error
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    head = head_module_name(model)
+    return {f"{head}.{name}" for name in model.get_submodule(head).state_dict()}
+
+
+def load_base_weights(model: nn.Module, checkpoint: str | Path, *, allow_new_head: bool = True) -> list[str]:
+    """Load a local checkpoint into a timm model; returns the head keys left at their fresh values.
+
+    ``.safetensors``, ``.pth``, ``.pt`` and ``.bin`` hold timm state dicts (pickles are read with
+    ``weights_only=True``: a checkpoint from a stranger must never run code). ``.npz`` files
+    (Google's ViT releases) go through the model's own npz loader. With ``allow_new_head`` a
+    head whose shape differs from the model's (another number of classes) is skipped; every
+    other mismatch is an error.
+    """
+    from pace_cli import io
+
+    path = resolve_checkpoint(str(checkpoint)) if isinstance(checkpoint, str) else Path(checkpoint)
+    if path.suffix.lower() == ".npz":
+        if not hasattr(model, "load_pretrained"):
+            raise PaceError(f"{path}: .npz checkpoints are supported for timm ViT models only")
+        try:
+            model.load_pretrained(str(path))
+        except Exception as error:  # noqa: BLE001 - numpy/timm raise many kinds; the user needs one line
+            raise PaceError(f"could not load npz checkpoint {path}: {type(error).__name__}: {error}") from error
+        return []
+    state = io.load_state_dict(path)
+    return load_state_into(model, state, source=str(path), allow_new_head=allow_new_head)
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, Tensor], *, source: str,
+                    allow_new_head: bool = True) -> list[str]:
+    own = model.state_dict()
+    heads = head_keys(model)
+    skipped = []
+    filtered = {}
+    for key, tensor in state.items():
+        if key in heads and key in own and tuple(tensor.shape) != tuple(own[key].shape) and allow_new_head:
+            skipped.append(key)
+            continue
+        if key in own and tuple(tensor.shape) != tuple(own[key].shape):
+            raise PaceError(
+                f"{source}: tensor {key} has shape {list(tensor.shape)} but the model expects "
+                f"{list(own[key].shape)}; do [model] name and its arguments match the checkpoint?"
+            )
+        filtered[key] = tensor
+    missing = sorted(set(own) - set(filtered) - (heads if allow_new_head else set()))
+    unexpected = sorted(set(filtered) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model tensors missing from the file (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} file tensors unknown to the model (e.g. {unexpected[0]})")
+        raise PaceError(f"{source} does not fit the model: {'; '.join(parts)}; "
+                        "do [model] name and its arguments match the checkpoint?")
+    model.load_state_dict(filtered, strict=False)
+    return skipped + sorted(heads - set(filtered))
+
+
+def base_state_items(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """The frozen base tensors in sorted order, without the head and adapter tensors (for fingerprints)."""
+    heads = head_keys(model)
+    state = model.state_dict()
+    for key in sorted(state):
+        if key in heads or key.rpartition(".")[2] in ADAPTER_TENSOR_NAMES:
+            continue
+        yield key, state[key]
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise PaceError("[train] device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(choice)

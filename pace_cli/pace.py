@@ -1,0 +1,318 @@
+"""PACE: multiplicative noise on adapter outputs plus a consistency loss between noisy passes.
+
+What lives here: the per-depth noise schedule, drop modules whose masks are shared by the two
+copies of a sample, the in-model duplication of the batch, and the four loss variants
+(``off``, ``pace``, ``lazy``, ``fast``). The adapter math itself is in :mod:`pace_cli.adapters`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pace_cli.adapters import adapted_layers, adapters_disabled, head_module_name, sample_noise
+from pace_cli.errors import PaceError
+
+VARIANTS = ("off", "pace", "lazy", "fast")
+
+_BLOCK = re.compile(r"^(.*?blocks\.\d+)(?:\.|$)")
+
+
+def block_of(layer_path: str) -> str | None:
+    """The transformer block holding a layer: ``blocks.3`` (ViT), ``layers.1.blocks.0`` (Swin)."""
+    match = _BLOCK.match(layer_path)
+    return match.group(1) if match else None
+
+
+def depth_groups(layer_paths: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Group adapted layers by transformer block, shallowest first.
+
+    ``layer_paths`` must be in model order (timm registers modules input to output). A layer
+    outside any block, such as Swin's patch-merging ``downsample.reduction``, forms its own group
+    at its place in that order.
+    """
+    groups: dict[str, list[str]] = {}
+    for path in layer_paths:
+        groups.setdefault(block_of(path) or path, []).append(path)
+    return list(groups.items())
+
+
+def sigma_schedule(
+    layer_paths: Sequence[str], head_name: str, sigma: float, noise_free_blocks: int = 0
+) -> dict[str, float]:
+    """Noise strength per adapted layer and for the head, falling linearly with depth.
+
+    The first ``noise_free_blocks`` groups get 0. The remaining G groups, with the head as the
+    last one, get sigma * (G - g) / G for g = 0..G-1: sigma for the shallowest, sigma / G for
+    the head. (The authors' ViT-B code keeps the first block noise-free; here that is the
+    ``noise_free_blocks = 1`` option rather than a hard-wired rule.)
+    """
+    if sigma < 0:
+        raise PaceError(f"[pace] sigma must be >= 0, got {sigma}")
+    groups = depth_groups(layer_paths)
+    if not 0 <= noise_free_blocks <= len(groups):
+        raise PaceError(
+            f"[pace] noise_free_blocks = {noise_free_blocks} but the model has {len(groups)} adapted blocks; "
+            f"use a value from 0 to {len(groups)}"
+        )
+    schedule = {path: 0.0 for _, members in groups[:noise_free_blocks] for path in members}
+    noisy = [members for _, members in groups[noise_free_blocks:]] + [[head_name]]
+    count = len(noisy)
+    for g, members in enumerate(noisy):
+        for path in members:
+            schedule[path] = sigma * (count - g) / count
+    return schedule
+
+
+class PairState:
+    """Whether the batch flowing through the model right now is [x; x] (two copies of each sample)."""
+
+    def __init__(self):
+        self.armed = False
+        self.paired = False
+
+
+class SharedDropPath(nn.Module):
+    """Stochastic depth whose per-sample mask is shared by both copies of a duplicated batch."""
+
+    def __init__(self, drop_prob: float, state: PairState, scale_by_keep: bool = True):
+        super().__init__()
+        self.drop_prob = drop_prob
+        self.scale_by_keep = scale_by_keep
+        self.state = state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
+        mask = x.new_empty((rows,) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        if self.state.paired:
+            mask = torch.cat([mask, mask])
+        if self.scale_by_keep and keep > 0:
+            mask.div_(keep)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}, shared by pairs"
+
+
+class SharedDropout(nn.Module):
+    """Dropout whose element mask is shared by both copies of a duplicated batch."""
+
+    def __init__(self, p: float, state: PairState):
+        super().__init__()
+        self.p = p
+        self.state = state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
+        mask = x.new_empty((rows,) + tuple(x.shape[1:])).bernoulli_(keep).div_(keep)
+        if self.state.paired:
+            mask = torch.cat([mask, mask])
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shared by pairs"
+
+
+def share_random_masks(model: nn.Module, state: PairState) -> int:
+    """Swap every DropPath and Dropout for a pair-aware twin; returns how many were swapped.
+
+    Fused attention draws its dropout inside the kernel where no mask can be shared, so
+    attention modules with a non-zero attention dropout fall back to their explicit path.
+    """
+    from timm.layers import DropPath
+
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        replacement = None
+        if isinstance(module, DropPath):
+            replacement = SharedDropPath(module.drop_prob, state, getattr(module, "scale_by_keep", True))
+        elif isinstance(module, nn.Dropout):
+            replacement = SharedDropout(module.p, state)
+        elif getattr(module, "fused_attn", False) and getattr(getattr(module, "attn_drop", None), "p", 0.0) > 0:
+            module.fused_attn = False
+        if replacement is not None:
+            parent_path, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_path) if parent_path else model, child, replacement)
+            swapped += 1
+    return swapped
+
+
+def _head_noise_hook(module: nn.Module, inputs, output: Tensor):
+    sigma = getattr(module, "pace_sigma", 0.0)
+    if module.training and sigma > 0:
+        return output * sample_noise(output, sigma)
+    return None
+
+
+def _duplicate_hook(state: PairState):
+    def hook(module: nn.Module, args):
+        if state.armed and not state.paired:
+            state.paired = True
+            return (torch.cat([args[0], args[0]]),) + tuple(args[1:])
+        return None
+
+    return hook
+
+
+@dataclass(frozen=True)
+class PaceConfig:
+    variant: str = "pace"
+    lam: float = 1.0
+    sigma: float = 1.0
+    lazy_interval: int = 2
+    noise_free_blocks: int = 0
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise PaceError(f"unknown [pace] variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.lam < 0:
+            raise PaceError(f"[pace] lambda must be >= 0, got {self.lam}")
+        if self.lazy_interval < 1:
+            raise PaceError(f"[pace] lazy_interval must be >= 1, got {self.lazy_interval}")
+
+
+@dataclass
+class LossParts:
+    total: Tensor
+    ce: Tensor
+    consistency: Tensor
+    logits: Tensor  # logits of the samples the CE was taken on (for train accuracy)
+    labels: Tensor
+
+
+class PaceRegularizer:
+    """Installs PACE on an adapter-injected model and computes the training loss.
+
+    Installing sets each adapted layer's noise strength from the depth schedule, adds noise to
+    the head output, shares drop masks between copies, and hooks the first noisy block so that
+    everything before it (patch embedding, noise-free blocks) runs once on B samples and is
+    duplicated only where the copies start to differ.
+    """
+
+    def __init__(self, model: nn.Module, config: PaceConfig, num_train_samples: int | None = None,
+                 num_classes: int | None = None):
+        self.model = model
+        self.config = config
+        self.state = PairState()
+        self.head_name = head_module_name(model)
+        layers = adapted_layers(model)
+        sigma = 0.0 if config.variant == "off" else config.sigma
+        self.sigmas = sigma_schedule(list(layers), self.head_name, sigma, config.noise_free_blocks)
+        for path, layer in layers.items():
+            layer.noise_sigma = self.sigmas[path]
+        head = model.get_submodule(self.head_name)
+        head.pace_sigma = self.sigmas[self.head_name]
+        self._hooks = [head.register_forward_hook(_head_noise_hook)]
+        self.duplicate_at = ""
+        if config.variant in ("pace", "lazy"):
+            share_random_masks(model, self.state)
+            self.duplicate_at = self._first_noisy_module(list(layers), config.noise_free_blocks)
+            if self.duplicate_at:
+                hook = _duplicate_hook(self.state)
+                self._hooks.append(model.get_submodule(self.duplicate_at).register_forward_pre_hook(hook))
+        self.memory: Tensor | None = None
+        self.seen: Tensor | None = None
+        if config.variant == "fast":
+            if not num_train_samples or not num_classes:
+                raise PaceError("the fast PACE variant needs the training-set size and the number of classes")
+            device = next(model.parameters()).device
+            self.memory = torch.zeros(num_train_samples, num_classes, device=device)
+            self.seen = torch.zeros(num_train_samples, dtype=torch.bool, device=device)
+
+    def _first_noisy_module(self, layer_paths: list[str], noise_free_blocks: int) -> str:
+        """Where the two copies start to differ; '' means at the input."""
+        groups = depth_groups(layer_paths)
+        if noise_free_blocks >= len(groups):
+            return self.head_name
+        key = groups[noise_free_blocks][0]
+        # A layer outside any block may sit inside a residual branch, where duplicating its input
+        # alone would break the shapes, so duplicate the whole input instead.
+        return key if block_of(key) == key else ""
+
+    def remove(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    def paired_forward(self, images: Tensor) -> Tensor:
+        """Logits for [x; x] with independent noise per copy and shared drop masks: shape [2B, C]."""
+        batch = images.shape[0]
+        self.state.armed = True
+        self.state.paired = False
+        try:
+            if not self.duplicate_at:
+                self.state.paired = True
+                images = torch.cat([images, images])
+            logits = self.model(images)
+        finally:
+            self.state.armed = False
+            self.state.paired = False
+        if logits.shape[0] != 2 * batch:
+            raise RuntimeError("the duplication hook did not fire; the model's forward skipped the hooked module")
+        return logits
+
+    def loss(self, images: Tensor, labels: Tensor, indices: Tensor | None = None, step: int = 0) -> LossParts:
+        variant = self.config.variant
+        if variant == "pace" or (variant == "lazy" and step % self.config.lazy_interval == 0):
+            if variant == "lazy":
+                half = max(1, images.shape[0] // 2)
+                images, labels = images[:half], labels[:half]
+            logits = self.paired_forward(images).float()
+            first, second = logits.chunk(2)
+            ce = F.cross_entropy(first, labels)
+            consistency = (first - second).pow(2).sum(dim=1).mean()
+            return LossParts(ce + self.config.lam * consistency, ce, consistency, first, labels)
+        logits = self.model(images).float()
+        ce = F.cross_entropy(logits, labels)
+        consistency = logits.new_zeros(())
+        if variant == "fast":
+            consistency = self._fast_consistency(logits, indices)
+        return LossParts(ce + self.config.lam * consistency, ce, consistency, logits, labels)
+
+    def _fast_consistency(self, logits: Tensor, indices: Tensor | None) -> Tensor:
+        if indices is None:
+            raise PaceError("the fast PACE variant needs sample indices from the data loader")
+        indices = indices.to(self.memory.device)
+        seen = self.seen[indices].to(logits.dtype)
+        # Unlike the authors' zero-initialised buffer, a sample's first visit contributes nothing,
+        # so epoch 1 is not pulled towards all-zero logits.
+        distance = (logits - self.memory[indices]).pow(2).sum(dim=1)
+        consistency = (distance * seen).sum() / logits.shape[0]
+        self.memory[indices] = logits.detach().float()
+        self.seen[indices] = True
+        return consistency
+
+    def state_dict(self) -> dict[str, Tensor]:
+        if self.memory is None:
+            return {}
+        return {"fast_memory": self.memory.cpu(), "fast_seen": self.seen.cpu()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if self.memory is not None and "fast_memory" in state:
+            self.memory.copy_(state["fast_memory"])
+            self.seen.copy_(state["fast_seen"])
+
+
+@torch.no_grad()
+def fp_distance(model: nn.Module, images: Tensor) -> float:
+    """Mean over samples of ||f(x; θ0 + Δθ) − f(x; θ0)||², the same head in both (paper §6)."""
+    was_training = model.training
+    model.eval()
+    try:
+        tuned = model(images).float()
+        with adapters_disabled(model):
+            base = model(images).float()
+    finally:
+        model.train(was_training)
+    return (tuned - base).pow(2).sum(dim=1).mean().item()
