@@ -1,0 +1,85 @@
+"""Turn a recipe into the objects a run needs: data sets, loaders, the model with its weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pace_cli import data as data_sources
+from pace_cli.adapters import AdapterConfig, InjectionReport, inject_adapters
+from pace_cli.errors import PaceError
+from pace_cli.models import create_model, load_base_weights
+from pace_cli.pace import PaceConfig
+from pace_cli.recipe import Recipe
+
+
+def timm_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """The architecture arguments: what a merged checkpoint needs to be rebuilt by timm."""
+    section = recipe.model
+    kwargs: dict[str, Any] = dict(section.kwargs)
+    if section.img_size is not None:
+        kwargs["img_size"] = section.img_size
+    if section.in_chans is not None:
+        kwargs["in_chans"] = section.in_chans
+    return kwargs
+
+
+def image_size(recipe: Recipe) -> int:
+    if recipe.data.image_size is not None:
+        return recipe.data.image_size
+    if recipe.model.img_size is not None:
+        return recipe.model.img_size
+    return 224
+
+
+def build_dataset(recipe: Recipe, split: str, *, train: bool = False) -> data_sources.PaceDataset:
+    section = recipe.data
+    return data_sources.build_dataset(
+        section.source, split, root=section.root, image_size=image_size(recipe), channels=section.channels,
+        mean=section.mean, std=section.std, shots=section.shots if train else None, seed=section.seed,
+        synthetic_classes=section.synthetic_classes, synthetic_size=section.synthetic_size, train=train,
+    )
+
+
+def build_base_model(recipe: Recipe, num_classes: int, *, load_weights: bool = True) -> nn.Module:
+    """The timm model of the recipe with its base weights loaded (the head may stay fresh)."""
+    section = recipe.model
+    # Seeded so that a recipe without base weights still means one fixed random base, the same
+    # in `train`, `eval` and `export-base` (fingerprints compare equal).
+    torch.manual_seed(recipe.train.seed)
+    model = create_model(
+        section.name, pretrained=section.pretrained and load_weights, num_classes=num_classes,
+        drop_path_rate=section.drop_path_rate, drop_rate=section.drop_rate, **timm_kwargs(recipe),
+    )
+    if load_weights and section.checkpoint:
+        load_base_weights(model, section.checkpoint)
+    return model
+
+
+def adapter_config(recipe: Recipe) -> AdapterConfig:
+    return AdapterConfig(kind=recipe.adapter.kind, rank=recipe.adapter.rank, targets=tuple(recipe.adapter.targets))
+
+
+def pace_config(recipe: Recipe) -> PaceConfig:
+    p = recipe.pace
+    return PaceConfig(variant=p.variant, lam=p.lambda_, sigma=p.sigma, lazy_interval=p.lazy_interval,
+                      noise_free_blocks=p.noise_free_blocks)
+
+
+def build_adapted_model(recipe: Recipe, num_classes: int) -> tuple[nn.Module, InjectionReport]:
+    model = build_base_model(recipe, num_classes)
+    report = inject_adapters(model, adapter_config(recipe), num_classes=num_classes)
+    return model, report
+
+
+def resolve_num_classes(recipe: Recipe, dataset: data_sources.PaceDataset) -> int:
+    found = len(dataset.classes)
+    wanted = recipe.model.num_classes
+    if wanted is not None and wanted < found:
+        raise PaceError(
+            f"[model] num_classes = {wanted} but split '{dataset.split}' has {found} classes; "
+            f"raise num_classes or remove it to take it from the data"
+        )
+    return wanted or found

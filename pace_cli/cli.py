@@ -1,0 +1,304 @@
+"""The `pace` command line: parse, call the library, render with rich, map errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pace_cli import __version__
+
+app = typer.Typer(
+    name="pace",
+    help="Fine-tune vision transformers with adapters and the PACE regulariser, then merge the adapters "
+    "into the base weights for zero-overhead inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+STATE = {"debug": False}
+
+
+def fail(error: BaseException, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run_guarded(action):
+    """Run a command body: a PaceError becomes one line and its exit code, Ctrl-C exits 130."""
+    from pace_cli.errors import PaceError
+
+    if STATE["debug"]:
+        return action()
+    try:
+        return action()
+    except PaceError as error:
+        fail(error, error.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130)
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001 - anything else is our bug; say so in one line
+        message = " ".join(str(error).split()) or type(error).__name__
+        fail(f"unexpected {type(error).__name__}: {message} (run `pace --debug ...` for the traceback and "
+             "please report it)", 1)
+
+
+def version_callback(value: bool):
+    if value:
+        console.print(f"pace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+):
+    STATE["debug"] = debug
+
+
+def print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE",
+                 help="Override a recipe key, e.g. --set pace.sigma=1.5 (repeatable; validated like the file)."),
+]
+
+
+class RichTrainLogger:
+    """Progress bar with the live losses, a summary of what was adapted, one line per evaluated epoch."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task = None
+
+    def start(self, *, total_steps, steps_per_epoch, report, device, train_samples):
+        if self.quiet:
+            return
+        console.print(
+            f"[bold]pace train[/]: {len(report.adapted_layers)} adapted layers, "
+            f"{report.trainable_parameters:,} trainable / {report.total_parameters:,} parameters "
+            f"({100 * report.trainable_parameters / max(1, report.total_parameters):.2f}%), "
+            f"{train_samples} training images, {steps_per_epoch} steps/epoch, device {device}"
+        )
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("ce {task.fields[ce]:.3f} cons {task.fields[cons]:.3f} lr {task.fields[lr]:.2e} "
+                       "{task.fields[ips]:.0f} img/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total_steps, epoch=1, ce=0.0, cons=0.0, lr=0.0, ips=0.0)
+
+    def step(self, record):
+        if self.progress:
+            self.progress.update(self.task, advance=1, epoch=record["epoch"], ce=record["ce"],
+                                 cons=record["consistency"], lr=record["lr"], ips=record["images_per_s"])
+
+    def epoch(self, record):
+        if self.progress and "val_top1" in record:
+            self.progress.console.print(
+                f"epoch {record['epoch']}: train top-1 {record['train_top1']:.3f}, val top-1 {record['val_top1']:.3f}, "
+                f"grad-norm {record['grad_norm']:.3f}, FP-distance {record['fp_distance']:.4f}"
+            )
+
+    def finish(self):
+        if self.progress:
+            self.progress.stop()
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file (see recipes/).")],
+    set_: SetOption = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o",
+                                                       help="Where to write outputs (default: [output] dir).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing adapter in the output dir.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of tables.")] = False,
+):
+    """Fine-tune adapters with PACE and write adapter.safetensors, metrics.jsonl and recipe.toml.
+
+    Example: [bold]pace train recipes/quickstart.toml --set pace.sigma=1.5 -o runs/qs[/]
+    """
+    def action():
+        from pace_cli.recipe import load_recipe
+        from pace_cli.train import train as run_training
+
+        loaded = load_recipe(recipe, set_ or ())
+        result = run_training(loaded, output_dir=output_dir, logger=RichTrainLogger(quiet=json_output),
+                              overwrite=overwrite)
+        summary = {
+            "adapter": str(result.adapter_path), "metrics": str(result.metrics_path),
+            "recipe": str(result.recipe_path), "steps": result.steps, "seconds": round(result.seconds, 2),
+            "images_per_second": round(result.images_per_second, 1),
+            "val_top1": result.val.top1 if result.val else None,
+            "trainable_parameters": result.report.trainable_parameters,
+        }
+        if json_output:
+            print_json(summary)
+        else:
+            val = f", val top-1 {result.val.top1:.4f}" if result.val else ""
+            console.print(f"[green]done[/] in {result.seconds:.1f}s{val}; adapter written to {result.adapter_path}")
+
+    run_guarded(action)
+
+
+@app.command()
+def merge(
+    base: Annotated[str, typer.Argument(help="Base weights (.safetensors, or builtin:<name>).")],
+    adapter: Annotated[Path, typer.Argument(help="adapter.safetensors written by `pace train`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Merged checkpoint to write.")] = Path("merged.safetensors"),
+    force: Annotated[bool, typer.Option("--force", help="Merge even if the base fingerprint differs.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+):
+    """Fold an adapter into its base weights: a plain checkpoint of the base architecture with the new head.
+
+    Example: [bold]pace merge builtin:fmnist_vit runs/qs/adapter.safetensors -o runs/qs/merged.safetensors[/]
+    """
+    def action():
+        import time
+
+        from pace_cli.artifacts import merge_files
+        from pace_cli.models import resolve_checkpoint
+
+        base_path = resolve_checkpoint(base) if base.startswith("builtin:") else Path(base)
+        if not base_path.is_file():
+            from pace_cli.errors import PaceError
+            raise PaceError(f"base file '{base}' not found")
+        start = time.perf_counter()
+        report = merge_files(base_path, adapter, output, force=force, overwrite=overwrite)
+        seconds = time.perf_counter() - start
+        if json_output:
+            print_json({"output": str(report.output), "tensors": report.tensors, "merged_layers": report.merged_layers,
+                        "fingerprint_ok": report.fingerprint_ok, "bytes": report.output_bytes,
+                        "seconds": round(seconds, 3)})
+        else:
+            note = "" if report.fingerprint_ok else " [yellow](fingerprint mismatch ignored: --force)[/]"
+            console.print(f"[green]merged[/] {report.merged_layers} layers into {report.output} "
+                          f"({report.tensors} tensors) in {seconds:.2f}s{note}")
+
+    run_guarded(action)
+
+
+@app.command("eval")
+def eval_(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML (model architecture and data).")],
+    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Merged (or any full) checkpoint.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", "-a",
+                                                    help="Adapter file; folded into the recipe's base in memory.")] = None,
+    unmerged: Annotated[bool, typer.Option("--unmerged", help="With --adapter: run the adapter layers unfolded.")] = False,
+    split: Annotated[Optional[str], typer.Option("--split", help="Split name (default: [data] test_split).")] = None,
+    set_: SetOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (top1, top5, samples, split, ...).")] = False,
+):
+    """Accuracy on a held-out split: top-1, top-5, per class.
+
+    Examples: [bold]pace eval recipes/quickstart.toml --weights runs/qs/merged.safetensors[/]
+    · [bold]pace eval recipes/quickstart.toml --adapter runs/qs/adapter.safetensors --json[/]
+    """
+    def action():
+        from pace_cli.errors import PaceError
+        from pace_cli.recipe import load_recipe
+        from pace_cli.session import evaluate_recipe
+
+        if (weights is None) == (adapter is None):
+            raise PaceError("pass exactly one of --weights MERGED or --adapter ADAPTER")
+        if unmerged and adapter is None:
+            raise PaceError("--unmerged goes with --adapter")
+        loaded = load_recipe(recipe, set_ or ())
+        result = evaluate_recipe(loaded, weights=weights, adapter=adapter, split=split, unmerged=unmerged)
+        if json_output:
+            print_json(result.to_dict())
+            return
+        table = Table(title=f"{result.split}: {result.samples} images")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_row("top-1", f"{100 * result.top1:.2f}%")
+        if result.top5 is not None:
+            table.add_row("top-5", f"{100 * result.top5:.2f}%")
+        table.add_row("loss", f"{result.loss:.4f}")
+        table.add_row("images/s", f"{result.images_per_second:.0f}")
+        for name, acc in result.per_class.items():
+            table.add_row(f"class {name}", "n/a" if acc != acc else f"{100 * acc:.1f}%")
+        console.print(table)
+
+    run_guarded(action)
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="An adapter, merged or base .safetensors file.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    show_recipe: Annotated[bool, typer.Option("--recipe", help="Also print the recipe an adapter came from.")] = False,
+):
+    """Describe a safetensors file: an adapter's kind, rank, targets and PACE settings, or a checkpoint's tensors.
+
+    Example: [bold]pace inspect runs/qs/adapter.safetensors[/]
+    """
+    def action():
+        from pace_cli.session import describe_file
+
+        info = describe_file(file)
+        if json_output:
+            print_json(info)
+            return
+        table = Table(title=f"{file} ({info['role']})", show_header=False)
+        table.add_column("key", style="bold")
+        table.add_column("value")
+        for key, value in info.items():
+            if key in ("recipe", "metadata", "layers"):
+                continue
+            table.add_row(key, value if isinstance(value, str) else json.dumps(value, default=str))
+        if "layers" in info:
+            table.add_row("layers", f"{len(info['layers'])} ({', '.join(info['layers'][:4])}, ...)")
+        console.print(table)
+        if show_recipe and info.get("recipe"):
+            console.print(Panel(info["recipe"], title="recipe"))
+
+    run_guarded(action)
+
+
+@app.command("export-base")
+def export_base(
+    recipe: Annotated[Path, typer.Argument(help="Recipe whose [model] names the base (checkpoint or pretrained).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="safetensors file to write.")] = Path("base.safetensors"),
+    set_: SetOption = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+):
+    """Write the recipe's base weights as a timm-format safetensors file, the input `pace merge` expects.
+
+    Useful when the base came from a .pth/.npz file or timm's hub. Example:
+    [bold]pace export-base recipes/vtab1k-cifar.toml -o vit_b16_in21k.safetensors[/]
+    """
+    def action():
+        from pace_cli.recipe import load_recipe
+        from pace_cli.session import export_base_weights
+
+        path = export_base_weights(load_recipe(recipe, set_ or ()), output, overwrite=overwrite)
+        console.print(f"[green]wrote[/] {path}")
+
+    run_guarded(action)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

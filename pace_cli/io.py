@@ -1,0 +1,387 @@
+"""Reading and writing tensor files safely: atomic writes, validated headers, no arbitrary unpickling."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import pickle
+import re
+import secrets
+import struct
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from pace_cli.errors import PaceError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "atomic_path",
+    "check_can_write",
+    "save_tensors",
+    "read_metadata",
+    "load_tensors",
+    "iter_tensors",
+    "tensor_info",
+    "load_state_dict",
+    "fingerprint",
+    "human_size",
+]
+
+FORMAT_VERSION = "1"
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+STATE_DICT_SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
+_WRAPPER_KEYS = ("state_dict", "model", "module")
+# safetensors itself refuses headers above 100 MB; anything bigger is garbage, not a header.
+_MAX_HEADER = 100 * 1024 * 1024
+
+# safetensors dtype code -> (torch-style name, bits per element)
+_DTYPES: dict[str, tuple[str, int]] = {
+    "BOOL": ("bool", 8),
+    "U8": ("uint8", 8),
+    "I8": ("int8", 8),
+    "F8_E5M2": ("float8_e5m2", 8),
+    "F8_E4M3": ("float8_e4m3fn", 8),
+    "I16": ("int16", 16),
+    "U16": ("uint16", 16),
+    "F16": ("float16", 16),
+    "BF16": ("bfloat16", 16),
+    "I32": ("int32", 32),
+    "U32": ("uint32", 32),
+    "F32": ("float32", 32),
+    "C64": ("complex64", 64),
+    "F64": ("float64", 64),
+    "I64": ("int64", 64),
+    "U64": ("uint64", 64),
+}
+
+
+# ---------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; move it into place only if the block succeeds.
+
+    Readers never see a half-written ``final``; on any exception (Ctrl-C included) the temporary
+    file is removed and the exception propagates.
+    """
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(final.parent)
+
+
+def _fsync(path: Path) -> None:
+    # Without this a crash shortly after the rename can leave an empty file under the final name.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def check_can_write(path: Path, overwrite: bool) -> None:
+    """Refuse to clobber an existing file unless asked to, and make sure the parent folder exists."""
+    path = Path(path)
+    if path.is_dir():
+        raise PaceError(f"output '{path}' is a folder; give a file path instead")
+    if path.exists() and not overwrite:
+        raise PaceError(f"output file '{path}' exists; pass --overwrite to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PaceError(f"cannot create folder '{path.parent}' for '{path}': {e.strerror or e}") from None
+
+
+def save_tensors(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``tensors`` to a .safetensors file atomically.
+
+    Non-string metadata values are stored JSON-encoded (safetensors metadata is str -> str).
+    """
+    path = Path(path)
+    prepared: dict[str, torch.Tensor] = {}
+    seen_storage: set[tuple[str, int]] = set()
+    for name, t in tensors.items():
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names must be str, got {name!r}")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"value for {name!r} is {type(t).__name__}, not a torch.Tensor")
+        t = t.detach().to("cpu").contiguous()
+        # safetensors refuses tensors sharing memory (tied weights, qkv views); store copies.
+        if t.numel():
+            key = (str(t.device), t.untyped_storage().data_ptr())
+            if key in seen_storage:
+                t = t.clone()
+            seen_storage.add((str(t.device), t.untyped_storage().data_ptr()))
+        prepared[name] = t
+    meta = None
+    if metadata:
+        meta = {}
+        for k, v in metadata.items():
+            if not isinstance(k, str):
+                raise TypeError(f"metadata keys must be str, got {k!r}")
+            meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    try:
+        with atomic_path(path) as tmp:
+            save_file(prepared, str(tmp), metadata=meta)
+    except OSError as e:
+        raise PaceError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+# ---------------------------------------------------------------- reading safetensors
+
+
+def _bad(path: Path, reason: str) -> PaceError:
+    return PaceError(f"'{path}' is not a valid safetensors file: {reason}; re-create or re-download it")
+
+
+def _read_header(path: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
+    """Validate the header against the file size; return (tensor entries, metadata)."""
+    path = Path(path)
+    if not path.exists():
+        raise PaceError(f"file '{path}' not found; check the path")
+    if not path.is_file():
+        raise PaceError(f"'{path}' is not a file; pass a .safetensors file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise _bad(path, "empty file" if not head else f"only {len(head)} bytes long")
+            (n,) = struct.unpack("<Q", head)
+            if n == 0 or n > _MAX_HEADER:
+                raise _bad(path, f"no safetensors header (implausible header length {n})")
+            if 8 + n > size:
+                raise _bad(path, f"truncated (header needs {n} bytes, file has {size - 8} after the length)")
+            raw = f.read(n)
+    except OSError as e:
+        raise PaceError(f"cannot read '{path}': {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise _bad(path, "header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _bad(path, "header is not a JSON object")
+
+    metadata = header.pop("__metadata__", {})
+    if metadata is None:  # safetensors writes null when there is no metadata
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise _bad(path, "__metadata__ must map strings to strings")
+
+    data_size = size - 8 - n
+    end_max = 0
+    for name, entry in header.items():
+        if not isinstance(entry, dict):
+            raise _bad(path, f"entry {name!r} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise _bad(path, f"entry {name!r} has no dtype")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise _bad(path, f"entry {name!r} has a bad shape {shape!r}")
+        if (
+            not isinstance(offsets, list) or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets) or offsets[0] > offsets[1]
+        ):
+            raise _bad(path, f"entry {name!r} has bad data_offsets {offsets!r}")
+        if dtype in _DTYPES:
+            expected = math.prod(shape) * _DTYPES[dtype][1]
+            if expected != 8 * (offsets[1] - offsets[0]):
+                raise _bad(path, f"entry {name!r} size does not match its shape {shape}")
+        end_max = max(end_max, offsets[1])
+    if end_max > data_size:
+        raise _bad(path, f"truncated (tensor data needs {end_max} bytes, file has {data_size})")
+    return header, metadata
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a .safetensors file, reading only its header."""
+    return dict(_read_header(path)[1])
+
+
+def tensor_info(path: str | Path) -> dict[str, tuple[str, list[int]]]:
+    """``name -> (dtype, shape)`` from the header only; dtypes use torch names (``float32``)."""
+    header, _ = _read_header(path)
+    return {
+        name: (_DTYPES.get(e["dtype"], (e["dtype"], 0))[0], list(e["shape"]))
+        for name, e in sorted(header.items())
+    }
+
+
+def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load every tensor of a .safetensors file after validating its header."""
+    _read_header(path)
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise PaceError(f"cannot load '{path}': {_one_line(e)}") from None
+
+
+def iter_tensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` in sorted name order, one tensor in memory at a time.
+
+    The header is checked when this is called, not on the first ``next()``.
+    """
+    _read_header(path)
+    return _iter_validated(path)
+
+
+def _iter_validated(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in sorted(f.keys()):
+                yield name, f.get_tensor(name)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise PaceError(f"cannot read '{path}': {_one_line(e)}") from None
+
+
+# ---------------------------------------------------------------- any checkpoint
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or plain PyTorch (.pth/.pt/.bin) checkpoint, on CPU.
+
+    PyTorch files are opened with ``weights_only=True``, so pickled code never runs.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        raise PaceError(
+            f"'{path}' is a numpy/JAX .npz checkpoint; load it through the model "
+            "(set [model] checkpoint), not as a state dict"
+        )
+    if suffix not in STATE_DICT_SUFFIXES:
+        raise PaceError(
+            f"'{path}' has unsupported extension '{suffix or '(none)'}' "
+            f"(allowed: {', '.join(STATE_DICT_SUFFIXES)}); convert or rename it"
+        )
+    if not path.exists():
+        raise PaceError(f"checkpoint '{path}' not found; check the path")
+    if not path.is_file():
+        raise PaceError(f"checkpoint '{path}' is not a file")
+    if suffix == ".safetensors":
+        return load_tensors(path)
+
+    try:
+        with warnings.catch_warnings():
+            # torch's note about pickle protocols is noise here; real problems still raise below
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(
+            r"unsupported GLOBAL [\w.]+|Unsupported global: \S+|Unsupported operand \d+", str(e)
+        )
+        detail = found.group(0) if found else "the safe unpickler refused it"
+        raise PaceError(
+            f"'{path}' is not a plain-tensor checkpoint ({detail}); pace never runs pickled code, "
+            "so re-save model.state_dict() or convert it to .safetensors"
+        ) from None
+    except EOFError:
+        raise PaceError(
+            f"PyTorch checkpoint '{path}' ends early (empty or truncated); re-create or re-download it"
+        ) from None
+    except Exception as e:  # torch raises assorted types for corrupt zips and pickles
+        raise PaceError(f"cannot read PyTorch checkpoint '{path}': {_one_line(e)}") from None
+
+    for _ in range(3):  # e.g. {"model": {"module": {...}}}
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise PaceError(
+            f"'{path}' holds a {type(obj).__name__}, not a dict of tensors; save model.state_dict() instead"
+        )
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise PaceError(f"'{path}' contains no tensors; save model.state_dict() instead")
+    return tensors
+
+
+# ---------------------------------------------------------------- fingerprints and sizes
+
+
+def fingerprint(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> str:
+    """``sha256:<hex>`` over names, shapes and float32 little-endian values, by sorted name.
+
+    Values are hashed as float32, so the same weights give the same fingerprint whatever file
+    format held them. A mapping is visited in sorted key order. Any other iterable of pairs must
+    already be sorted by name (``iter_tensors`` is), which keeps memory at one tensor; otherwise
+    ``ValueError`` is raised.
+    """
+    h = hashlib.sha256(b"pace-fingerprint-v1\0")
+    if isinstance(tensors, Mapping):
+        mapping = tensors
+        pairs: Iterable[tuple[str, torch.Tensor]] = ((k, mapping[k]) for k in sorted(mapping))
+    else:
+        pairs = tensors
+    previous: str | None = None
+    for name, t in pairs:
+        if previous is not None and name <= previous:
+            raise ValueError(
+                f"fingerprint needs tensors sorted by unique name; got {name!r} after {previous!r} "
+                "(pass a dict or sort the pairs)"
+            )
+        previous = name
+        if t.is_complex():
+            raise ValueError(f"cannot fingerprint complex tensor {name!r}")
+        encoded = name.encode("utf-8")
+        h.update(struct.pack("<QQ", len(encoded), t.dim()))
+        h.update(encoded)
+        h.update(struct.pack(f"<{t.dim()}q", *t.shape))
+        arr = np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy(), dtype="<f4")
+        h.update(arr.reshape(-1).view(np.uint8))
+    return "sha256:" + h.hexdigest()
+
+
+def human_size(n_bytes: int) -> str:
+    """Format a byte count with binary units, e.g. ``343.2 MiB``."""
+    sign = "-" if n_bytes < 0 else ""
+    n = abs(float(n_bytes))
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{sign}{int(n)} B" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

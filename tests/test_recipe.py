@@ -1,0 +1,291 @@
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pace_cli.errors import PaceError
+from pace_cli.recipe import (
+    SECTIONS,
+    Recipe,
+    _toml_document,
+    apply_overrides,
+    load_recipe,
+    parse_recipe,
+    recipe_to_dict,
+    recipe_to_toml,
+)
+
+MINIMAL = """
+[model]
+name = "vit_tiny_patch16_224"
+
+[data]
+source = "synthetic"
+"""
+
+FULL = r'''
+[model]
+name = "vit_base_patch16_224"
+checkpoint = "weights/vit \"b\"\\16.safetensors"
+num_classes = 100
+img_size = 224
+in_chans = 3
+drop_path_rate = 0.2
+drop_rate = 0.05
+
+[model.kwargs]
+depth = 4
+patch_size = 16
+qkv_bias = false
+act = "gelu"
+"weird key" = [1, 2.5, "x", [true]]
+
+[data]
+source = "imagefolder"
+root = "/data/cifar\tüñí"
+train_split = "train800"
+val_split = ""
+test_split = "test"
+batch_size = 32
+eval_batch_size = 128
+image_size = 224
+channels = 3
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+shots = 8
+seed = 3
+num_workers = 2
+synthetic_classes = 5
+synthetic_size = 16
+
+[adapter]
+kind = "lora_add"
+rank = 4
+targets = ["qkv", "fc2"]
+
+[pace]
+variant = "lazy"
+lambda = 0.3
+sigma = 0.7
+lazy_interval = 3
+noise_free_blocks = 1
+
+[optim]
+lr = 1.5e-3
+weight_decay = 0.0
+warmup_epochs = 0
+min_lr = 1e-07
+warmup_start_lr = 0.0
+grad_clip = 1.0
+
+[train]
+epochs = 3
+seed = 42
+device = "cpu"
+precision = "bf16"
+eval_every = 2
+log_every = 5
+checkpoint_every = 100
+
+[output]
+dir = "runs/exp 1"
+'''
+
+
+def _error(text, overrides=()):
+    with pytest.raises(PaceError) as info:
+        parse_recipe(text, overrides)
+    msg = str(info.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def test_defaults():
+    r = parse_recipe(MINIMAL)
+    assert r.model.checkpoint is None and r.model.pretrained is False and r.model.kwargs == {}
+    assert r.model.drop_path_rate == 0.1 and r.data.val_split == "val" and r.data.batch_size == 64
+    assert r.adapter.kind == "lora_mul+vpt_add" and r.adapter.rank == 10
+    assert r.adapter.targets == ["qkv", "proj", "fc1", "fc2"]
+    assert r.pace.variant == "pace" and r.pace.lambda_ == 1.0 and r.pace.lazy_interval == 2
+    assert r.optim.lr == 1e-3 and r.optim.warmup_epochs == 2 and r.optim.grad_clip is None
+    assert r.train.epochs == 20 and r.train.device == "auto" and r.train.precision == "fp32"
+    assert r.output.dir == "runs/pace"
+    assert tuple(recipe_to_dict(r)) == SECTIONS
+
+
+def test_full_recipe_roundtrips():
+    r = parse_recipe(FULL)
+    assert r.data.val_split is None  # "" means unset
+    assert r.model.kwargs["weird key"] == [1, 2.5, "x", [True]]
+    assert r.data.root == "/data/cifar\tüñí"
+    text = recipe_to_toml(r)
+    assert parse_recipe(text) == r
+    assert recipe_to_toml(parse_recipe(text)) == text
+    assert text.index("[model]") < text.index("[model.kwargs]") < text.index("[data]")
+    assert parse_recipe(recipe_to_toml(parse_recipe(MINIMAL))) == parse_recipe(MINIMAL)
+
+
+def test_load_recipe_file(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(FULL, encoding="utf-8")
+    assert load_recipe(path) == parse_recipe(FULL)
+    assert load_recipe(str(path), ["train.epochs=9"]).train.epochs == 9
+    with pytest.raises(PaceError, match="recipe file '.*missing.toml' not found"):
+        load_recipe(tmp_path / "missing.toml")
+    path.write_bytes(b"[model]\nname = \"\xff\"")
+    with pytest.raises(PaceError, match="r.toml.*UTF-8"):
+        load_recipe(path)
+    path.write_text("[model\nname = 1\n")
+    with pytest.raises(PaceError, match=r"r.toml' is not valid TOML: .*line 1, column"):
+        load_recipe(path)
+
+
+def test_lambda_alias_both_ways():
+    r = parse_recipe(MINIMAL + "[pace]\nlambda = 0.25\n")
+    assert r.pace.lambda_ == 0.25
+    assert recipe_to_dict(r)["pace"]["lambda"] == 0.25 and "lambda_" not in recipe_to_dict(r)["pace"]
+    assert "lambda = 0.25" in recipe_to_toml(r)
+    assert parse_recipe(MINIMAL + "[pace]\nlambda_ = 0.5\n").pace.lambda_ == 0.5
+    assert parse_recipe(MINIMAL, ["pace.lambda=2"]).pace.lambda_ == 2.0
+    assert parse_recipe(MINIMAL, ["pace.lambda_=3"]).pace.lambda_ == 3.0
+    assert Recipe.model_validate(recipe_to_dict(r)) == r
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ("[adapter]\nrnak = 3", r"unknown key \[adapter\] rnak \(allowed: kind, rank, targets\)"),
+        ("[bogus]\nx = 1", r"unknown section \[bogus\]"),
+        ("[train]\nepochs = \"ten\"", r"\[train\] epochs = 'ten': must be an integer"),
+        ("[train]\nepochs = true", r"\[train\] epochs = true: must be an integer"),
+        ("[optim]\nlr = \"fast\"", r"\[optim\] lr = 'fast': must be a number"),
+        ("[adapter]\nrank = 0", r"\[adapter\] rank = 0: must be > 0"),
+        ("[adapter]\nrank = -1", r"\[adapter\] rank = -1: must be > 0"),
+        ("[adapter]\ntargets = []", r"\[adapter\] targets = \[\]: must not be empty"),
+        ("[pace]\nsigma = -1", r"\[pace\] sigma = -1: must be >= 0"),
+        ("[pace]\nlambda = -1", r"\[pace\] lambda = -1: must be >= 0"),
+        ("[optim]\nlr = 0", r"\[optim\] lr = 0: must be > 0"),
+        ("[optim]\nlr = inf", r"\[optim\] lr = inf: must be a finite number"),
+        ("[train]\nepochs = 0", r"\[train\] epochs = 0: must be > 0"),
+        ("[data]\nshots = 0", r"\[data\] shots = 0: must be > 0"),
+        ("[pace]\nvariant = \"paec\"", r"\[pace\] variant = 'paec': must be one of off, pace, lazy, fast"),
+        ("[train]\ndevice = \"gpu\"", r"\[train\] device = 'gpu': must be one of auto, cpu, cuda"),
+        ("[model]\ndrop_path_rate = 1.0", r"\[model\] drop_path_rate = 1.0: must be < 1"),
+    ],
+)
+def test_invalid_values_name_the_key(extra, expected):
+    # later tables with the same name are illegal TOML, so splice [model]/[data] keys in place
+    if extra.startswith("[model]"):
+        text = MINIMAL.replace("[model]", extra)
+    elif extra.startswith("[data]"):
+        text = MINIMAL.replace("[data]", extra)
+    else:
+        text = MINIMAL + extra
+    msg = _error(text)
+    assert msg.startswith("invalid recipe '<recipe>': ")
+    assert re.search(expected, msg), msg
+
+
+def test_several_errors_join_on_one_line():
+    msg = _error(MINIMAL + "[adapter]\nrank = 0\n[pace]\nvariant = \"x\"\n")
+    assert "[adapter] rank" in msg and "; [pace] variant" in msg
+
+
+def test_cross_field_rules():
+    both = MINIMAL.replace("[model]", '[model]\ncheckpoint = "w.pth"\npretrained = true')
+    assert "checkpoint and pretrained" in _error(both)
+    assert "[model] checkpoint" in _error(MINIMAL.replace("[model]", '[model]\ncheckpoint = "w.txt"'))
+    mismatch = MINIMAL.replace("[data]", "[data]\nmean = [0.5]\nstd = [0.2, 0.2]")
+    assert "[data]" in _error(mismatch) and "mean has 1" in _error(mismatch)
+    assert "[data] std" in _error(MINIMAL.replace("[data]", "[data]\nmean = [0.5]\nstd = [0]"))
+    assert "needs root" in _error(MINIMAL.replace('"synthetic"', '"imagefolder"'))
+    assert "set it as a [model] key" in _error(MINIMAL + "[model.kwargs]\nimg_size = 32\n")
+    assert "[model] kwargs.bad" in _error(MINIMAL + "[model.kwargs]\nbad = {a = 1}\n")
+    assert "missing required section [data]" in _error('[model]\nname = "x"\n')
+    assert "missing required key [model] name" in _error('[model]\n[data]\nsource = "digits"\n')
+
+
+def test_malformed_toml():
+    msg = _error("[model\nname = 'x'")
+    assert "not valid TOML" in msg and "line 1" in msg
+
+
+def test_overrides():
+    r = parse_recipe(
+        MINIMAL,
+        [
+            "optim.lr=1e-2",
+            "model.pretrained=true",
+            "train.device=cpu",
+            "data.root=/some/where",
+            "model.kwargs.depth=2",
+            "adapter.targets=[\"qkv\"]",
+            " train.epochs = 7 ",
+            'data.val_split=""',
+        ],
+    )
+    assert r.optim.lr == 1e-2 and r.model.pretrained is True and r.train.device == "cpu"
+    assert r.data.root == "/some/where" and r.model.kwargs == {"depth": 2}
+    assert r.adapter.targets == ["qkv"] and r.train.epochs == 7 and r.data.val_split is None
+    assert "[train] epochs = 'x'" in _error(MINIMAL, ["train.epochs=x"])
+    assert "unknown key [train] epoch " in _error(MINIMAL, ["train.epoch=3"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.epochs", "expected section.key=value"),
+        ("epochs=3", "must be section.key"),
+        ("bogus.x=1", r"unknown section \[bogus\]"),
+        ("train..epochs=1", "must be section.key"),
+        ("model.name.sub=1", "model.name is a value"),
+    ],
+)
+def test_bad_override_syntax(override, expected):
+    msg = _error(MINIMAL, [override])
+    assert override in msg and re.search(expected, msg), msg
+
+
+def test_apply_overrides_does_not_mutate():
+    data = {"model": {"name": "x", "kwargs": {"depth": 1}}}
+    out = apply_overrides(data, ["model.kwargs.depth=5"])
+    assert data["model"]["kwargs"]["depth"] == 1 and out["model"]["kwargs"]["depth"] == 5
+
+
+# ---------------------------------------------------------------- fuzzing
+
+_scalars = (
+    st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+)
+_values = _scalars | st.lists(_scalars, max_size=3)
+_keys = st.sampled_from(
+    ["name", "source", "rank", "lambda", "lr", "epochs", "kind", "targets", "mean", "std",
+     "checkpoint", "pretrained", "kwargs", "device", "dir", "zzz"]
+) | st.text(min_size=1, max_size=6)
+_tables = st.dictionaries(
+    st.sampled_from(list(SECTIONS) + ["extra"]), st.dictionaries(_keys, _values, max_size=5), max_size=8
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=200), _tables.map(_toml_document)))
+def test_fuzz_parse_recipe(text):
+    try:
+        r = parse_recipe(text)
+    except PaceError as e:
+        assert "\n" not in str(e)
+    else:
+        assert parse_recipe(recipe_to_toml(r)) == r
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=30), max_size=3))
+def test_fuzz_overrides(overrides):
+    try:
+        parse_recipe(MINIMAL, overrides)
+    except PaceError as e:
+        assert "\n" not in str(e)
