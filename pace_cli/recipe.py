@@ -234,9 +234,6 @@ class TrainSection(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision.")
     eval_every: int = Field(1, gt=0, description="Evaluate every N epochs.")
     log_every: int = Field(10, gt=0, description="Log every N steps.")
-    checkpoint_every: int = Field(
-        0, ge=0, description="Save a checkpoint every N steps; 0 = only at epoch end."
-    )
 
 
 class OutputSection(_Section):

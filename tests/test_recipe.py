@@ -86,7 +86,6 @@ device = "cpu"
 precision = "bf16"
 eval_every = 2
 log_every = 5
-checkpoint_every = 100
 
 [output]
 dir = "runs/exp 1"
