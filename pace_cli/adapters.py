@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pace_cli.errors import PaceError
+from pace_cli.errors import PaceError, describe_key_mismatch
 
 ADAPTER_KINDS = ("lora_add", "lora_mul", "vpt_add", "lora_mul+vpt_add")
 DEFAULT_TARGETS = ("qkv", "proj", "fc1", "fc2")
@@ -296,17 +296,12 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
 def load_adapter_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Load an adapter state dict into an injected model, insisting on an exact match of names and shapes."""
     expected = adapter_state_dict(model)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        detail = []
-        if missing:
-            detail.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unknown tensors (e.g. {unexpected[0]})")
+    mismatch = describe_key_mismatch(expected, state, missing_what="tensors missing",
+                                     unknown_what="unknown tensors")
+    if mismatch:
         raise PaceError(
-            "the adapter does not fit this model: " + ", ".join(detail)
-            + "; check that the recipe's model and [adapter] settings match the ones it was trained with"
+            f"the adapter does not fit this model: {mismatch}; check that the recipe's model and "
+            "[adapter] settings match the ones it was trained with"
         )
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):

@@ -11,8 +11,9 @@ import pickle
 import re
 import secrets
 import struct
+import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,13 @@ __all__ = [
     "atomic_path",
     "check_can_write",
     "save_tensors",
+    "save_tensors_streaming",
     "read_metadata",
     "load_tensors",
     "iter_tensors",
     "tensor_info",
+    "tensor_layout",
+    "read_tensor",
     "load_state_dict",
     "fingerprint",
     "human_size",
@@ -144,18 +148,108 @@ def save_tensors(
                 t = t.clone()
             seen_storage.add((str(t.device), t.untyped_storage().data_ptr()))
         prepared[name] = t
-    meta = None
-    if metadata:
-        meta = {}
-        for k, v in metadata.items():
-            if not isinstance(k, str):
-                raise TypeError(f"metadata keys must be str, got {k!r}")
-            meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    meta = _encode_metadata(metadata)
     try:
         with atomic_path(path) as tmp:
             save_file(prepared, str(tmp), metadata=meta)
     except OSError as e:
         raise PaceError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+def _encode_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not metadata:
+        return None
+    meta = {}
+    for k, v in metadata.items():
+        if not isinstance(k, str):
+            raise TypeError(f"metadata keys must be str, got {k!r}")
+        meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    return meta
+
+
+def _dtype_code(dtype: torch.dtype | str) -> str:
+    """safetensors code (``F32``) of a torch dtype, a torch-style name (``float32``) or a code."""
+    name = str(dtype).removeprefix("torch.")
+    for code, (torch_name, _) in _DTYPES.items():
+        if name in (code, torch_name):
+            return code
+    raise TypeError(f"dtype {dtype!r} cannot be stored in a safetensors file")
+
+
+def _raw_bytes(t: torch.Tensor) -> memoryview:
+    """The tensor's little-endian bytes without copying (beyond making it contiguous)."""
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def save_tensors_streaming(
+    path: str | Path,
+    entries: Sequence[tuple[str, torch.dtype | str, Sequence[int]]],
+    produce: Iterable[tuple[str, torch.Tensor]],
+    metadata: Mapping[str, Any] | None = None,
+) -> int:
+    """Write a .safetensors file from tensors produced one at a time; returns the file size.
+
+    ``entries`` declares every tensor (name, dtype, shape) so the header can be written first;
+    ``produce`` then yields each declared tensor exactly once, in any order, and each is written
+    at its place as soon as it arrives, so memory stays at about one tensor. Tensors are laid out
+    by element size, largest first, then by name, which keeps every one aligned as safetensors'
+    own writer does. A tensor that does not match its declaration, a missing one, or any exception
+    raised by ``produce`` leaves no file behind (the write is atomic, like :func:`save_tensors`).
+    """
+    if sys.byteorder != "little":
+        raise PaceError("writing safetensors files on a big-endian machine is not supported")
+    path = Path(path)
+    declared: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, dtype, shape in entries:
+        if not isinstance(name, str) or name == "__metadata__":
+            raise TypeError(f"bad tensor name {name!r}")
+        if name in declared:
+            raise ValueError(f"tensor {name!r} is declared twice")
+        declared[name] = (_dtype_code(dtype), tuple(int(d) for d in shape))
+    layout = sorted(declared, key=lambda n: (-_DTYPES[declared[n][0]][1], n))
+    header: dict[str, Any] = {}
+    meta = _encode_metadata(metadata)
+    if meta:
+        header["__metadata__"] = meta
+    places: dict[str, tuple[int, int]] = {}
+    end = 0
+    for name in layout:
+        code, shape = declared[name]
+        begin, end = end, end + math.prod(shape) * _DTYPES[code][1] // 8
+        places[name] = (begin, end)
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [begin, end]}
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # safetensors pads the header with spaces to a multiple of 8
+    data_start = 8 + len(raw)
+
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(struct.pack("<Q", len(raw)))
+                f.write(raw)
+                f.truncate(data_start + end)  # full size up front; tensors fill their slots
+                written: set[str] = set()
+                for name, t in produce:
+                    if name not in declared:
+                        raise ValueError(f"tensor {name!r} was not declared")
+                    if name in written:
+                        raise ValueError(f"tensor {name!r} was produced twice")
+                    code, shape = declared[name]
+                    if _dtype_code(t.dtype) != code or tuple(t.shape) != shape:
+                        raise ValueError(
+                            f"tensor {name!r} is {t.dtype} {list(t.shape)} but was declared "
+                            f"{_DTYPES[code][0]} {list(shape)}"
+                        )
+                    f.seek(data_start + places[name][0])
+                    f.write(_raw_bytes(t))
+                    written.add(name)
+                missing = [n for n in layout if n not in written]
+                if missing:
+                    raise ValueError(f"{len(missing)} declared tensors were never produced (e.g. {missing[0]!r})")
+    except OSError as e:
+        raise PaceError(f"cannot write '{path}': {e.strerror or e}") from None
+    return data_start + end
 
 
 # ---------------------------------------------------------------- reading safetensors
@@ -242,6 +336,44 @@ def tensor_info(path: str | Path) -> dict[str, tuple[str, list[int]]]:
         name: (_DTYPES.get(e["dtype"], (e["dtype"], 0))[0], list(e["shape"]))
         for name, e in sorted(header.items())
     }
+
+
+def tensor_layout(path: str | Path) -> tuple[int, dict[str, tuple[str, list[int], int, int]]]:
+    """Where each tensor's bytes are: ``(data_start, name -> (dtype code, shape, begin, end))``.
+
+    Offsets are absolute positions in the file; the header is validated first.
+    """
+    header, _ = _read_header(path)
+    with open(path, "rb") as f:
+        data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+    return data_start, {
+        name: (e["dtype"], list(e["shape"]), data_start + e["data_offsets"][0], data_start + e["data_offsets"][1])
+        for name, e in header.items()
+    }
+
+
+def read_tensor(f, code: str, shape: Sequence[int], begin: int, end: int) -> torch.Tensor:
+    """Read one tensor from an open binary file with plain reads, into memory it owns.
+
+    Unlike a memory map, this leaves no file pages mapped into the process, so reading a large
+    file tensor by tensor keeps the resident size at about one tensor.
+    """
+    if code not in _DTYPES or not hasattr(torch, _DTYPES[code][0]):
+        raise PaceError(f"tensor dtype {code} is not supported by this PyTorch")
+    if sys.byteorder != "little":
+        raise PaceError("reading safetensors files on a big-endian machine is not supported")
+    out = torch.empty(tuple(shape), dtype=getattr(torch, _DTYPES[code][0]))
+    buffer = _raw_bytes(out)
+    if len(buffer) != end - begin:
+        raise PaceError(f"tensor at bytes {begin}-{end} does not match its shape {list(shape)}")
+    f.seek(begin)
+    done = 0
+    while done < len(buffer):
+        n = f.readinto(buffer[done:])
+        if not n:
+            raise PaceError(f"file ends inside a tensor (at byte {begin + done}); it is truncated")
+        done += n
+    return out
 
 
 def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from pace_cli.adapters import ADAPTER_TENSOR_NAMES, head_module_name
-from pace_cli.errors import PaceError
+from pace_cli.errors import PaceError, describe_key_mismatch
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -105,15 +105,11 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], *, source: st
                 f"{list(own[key].shape)}; do [model] name and its arguments match the checkpoint?"
             )
         filtered[key] = tensor
-    missing = sorted(set(own) - set(filtered) - (heads if allow_new_head else set()))
-    unexpected = sorted(set(filtered) - set(own))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} model tensors missing from the file (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} file tensors unknown to the model (e.g. {unexpected[0]})")
-        raise PaceError(f"{source} does not fit the model: {'; '.join(parts)}; "
+    expected = set(own) - (heads - set(filtered) if allow_new_head else set())
+    mismatch = describe_key_mismatch(expected, filtered, missing_what="model tensors missing from the file",
+                                     unknown_what="file tensors unknown to the model")
+    if mismatch:
+        raise PaceError(f"{source} does not fit the model: {mismatch}; "
                         "do [model] name and its arguments match the checkpoint?")
     model.load_state_dict(filtered, strict=False)
     return skipped + sorted(heads - set(filtered))
