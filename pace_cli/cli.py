@@ -124,6 +124,7 @@ class RichTrainLogger:
     def finish(self):
         if self.progress:
             self.progress.stop()
+            self.progress = None
 
 
 @app.command()
@@ -133,19 +134,26 @@ def train(
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o",
                                                        help="Where to write outputs (default: [output] dir).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing adapter in the output dir.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output dir from its "
+                                         "checkpoint (same recipe; more epochs are fine).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of tables.")] = False,
 ):
     """Fine-tune adapters with PACE and write adapter.safetensors, metrics.jsonl and recipe.toml.
 
     Example: [bold]pace train recipes/quickstart.toml --set pace.sigma=1.5 -o runs/qs[/]
+
+    Ctrl-C (or SIGTERM) saves a checkpoint and exits 130 (143); [bold]--resume[/] continues the run exactly.
     """
     def action():
         from pace_cli.recipe import load_recipe
         from pace_cli.train import train as run_training
 
         loaded = load_recipe(recipe, set_ or ())
-        result = run_training(loaded, output_dir=output_dir, logger=RichTrainLogger(quiet=json_output),
-                              overwrite=overwrite)
+        logger = RichTrainLogger(quiet=json_output)
+        try:
+            result = run_training(loaded, output_dir=output_dir, logger=logger, overwrite=overwrite, resume=resume)
+        finally:
+            logger.finish()
         summary = {
             "adapter": str(result.adapter_path), "metrics": str(result.metrics_path),
             "recipe": str(result.recipe_path), "steps": result.steps, "seconds": round(result.seconds, 2),

@@ -234,6 +234,10 @@ class TrainSection(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision.")
     eval_every: int = Field(1, gt=0, description="Evaluate every N epochs.")
     log_every: int = Field(10, gt=0, description="Log every N steps.")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Also save a training checkpoint every N steps (one is always saved at "
+        "each epoch end and on Ctrl-C); 0 = epoch ends only."
+    )
 
 
 class OutputSection(_Section):

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,8 @@ from typing import Any
 import torch
 
 from pace_cli import artifacts, io
-from pace_cli.adapters import InjectionReport, adapter_state_dict
+from pace_cli.adapters import InjectionReport, adapter_state_dict, load_adapter_state_dict
+from pace_cli.checkpoint import CHECKPOINT_FILE, Checkpoint, Position, load_checkpoint, recipe_differences, save_checkpoint
 from pace_cli.builders import (
     build_adapted_model, build_dataset, pace_config, resolve_num_classes, timm_kwargs,
 )
@@ -79,18 +83,84 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+@contextmanager
+def _metrics_log(path: Path, keep_up_to_step: int | None):
+    """Append-only JSON lines; on resume, drop records past the checkpoint (they will be redone)."""
+    if keep_up_to_step is not None and path.is_file():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step]
+        with io.atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+    with open(path, "a" if keep_up_to_step is not None else "w") as handle:
+        def log(record: dict[str, Any]) -> None:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+        yield log
+
+
 def class_names(dataset, num_classes: int) -> list[str]:
     """The data's class names, padded with numbers when the recipe asks for more outputs."""
     names = list(dataset.classes)
     return names + [str(i) for i in range(len(names), num_classes)]
 
 
+class TrainingInterrupted(PaceError):
+    """Raised after a signal stopped training and its checkpoint was saved."""
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event):
+    """SIGINT/SIGTERM set ``stop`` (the loop saves and exits at the next step boundary)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        stop.signum = signum
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Checkpoint | None:
+    adapter_path, checkpoint_path = out / ADAPTER_FILE, out / CHECKPOINT_FILE
+    if resume:
+        if not checkpoint_path.is_file():
+            raise PaceError(f"nothing to resume: no {CHECKPOINT_FILE} in '{out}'; drop --resume to start a new run")
+        saved = load_checkpoint(checkpoint_path)
+        differences = recipe_differences(saved.recipe, recipe)
+        if differences:
+            raise PaceError(f"cannot resume '{out}' with a different recipe: {'; '.join(differences)}; "
+                            "restore those keys or start a new run in another --output-dir")
+        return saved
+    if checkpoint_path.is_file() and not adapter_path.is_file() and not overwrite:
+        raise PaceError(f"'{out}' holds an unfinished run ({CHECKPOINT_FILE}); pass --resume to continue it, "
+                        "or --overwrite to start over")
+    io.check_can_write(adapter_path, overwrite)
+    return None
+
+
 def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: TrainLogger | None = None,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, resume: bool = False, stop: threading.Event | None = None) -> TrainResult:
+    """Train adapters with PACE as the recipe says; ``resume`` continues from the output dir's checkpoint.
+
+    A checkpoint is saved every ``[train] checkpoint_every`` steps, at every epoch end, and when
+    ``stop`` is set (SIGINT/SIGTERM set it): then :class:`TrainingInterrupted` is raised.
+    """
     logger = logger or TrainLogger()
+    stop = stop or threading.Event()
     out = Path(output_dir or recipe.output.dir)
     adapter_path, metrics_path, recipe_path = out / ADAPTER_FILE, out / METRICS_FILE, out / RECIPE_FILE
-    io.check_can_write(adapter_path, overwrite)
+    checkpoint_path = out / CHECKPOINT_FILE
+    saved = _prepare_output(out, recipe, resume=resume, overwrite=overwrite)
 
     # --- set-up: seed, device, data, model, regulariser, optimiser -------------------------------
     torch.manual_seed(recipe.train.seed)
@@ -118,26 +188,48 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
     total_steps = steps_per_epoch * recipe.train.epochs
     schedule = dict(total_steps=total_steps, warmup_steps=steps_per_epoch * recipe.optim.warmup_epochs,
                     peak=recipe.optim.lr, start=recipe.optim.warmup_start_lr, floor=recipe.optim.min_lr)
+    position = Position()
+    epoch_sums: dict[str, float] | None = None
+    loader_state_at_epoch_start = loader.generator.get_state()
+    if saved is not None:
+        load_adapter_state_dict(model, saved.model_state())
+        saved.restore_optimizer(optimizer)
+        regularizer.load_state_dict(saved.pace_state())
+        saved.restore_global_rng()
+        position, epoch_sums = saved.position, saved.epoch_sums
+        loader_state_at_epoch_start = saved.tensors["rng.loader_epoch_start"]
     out.mkdir(parents=True, exist_ok=True)
-    recipe_path.write_text(recipe_to_toml(recipe))
+    with io.atomic_path(recipe_path) as tmp:
+        tmp.write_text(recipe_to_toml(recipe))
     logger.start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, report=report,
                  device=str(device), train_samples=len(train_set))
 
+    def save(next_position: Position, sums: dict[str, float], generator_state) -> None:
+        save_checkpoint(checkpoint_path, model_state=adapter_state_dict(model), optimizer=optimizer,
+                        pace_state=regularizer.state_dict(), loader_generator_at_epoch_start=generator_state,
+                        position=next_position, epoch_sums=sums, recipe=recipe)
+
     # --- the epoch loop ---------------------------------------------------------------------------
-    step = 0
+    step = position.step
     val_result: EvalResult | None = None
     started = time.perf_counter()
     images_seen = 0
-    with open(metrics_path, "w") as metrics:
-        def log(record: dict[str, Any]) -> None:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-
-        for epoch in range(recipe.train.epochs):
+    with _metrics_log(metrics_path, keep_up_to_step=step if saved else None) as log, stop_on_signals(stop):
+        for epoch in range(position.epoch, recipe.train.epochs):
             model.train()
             epoch_start = time.perf_counter()
-            sums = {"loss": 0.0, "ce": 0.0, "consistency": 0.0, "grad_norm": 0.0, "correct": 0, "seen": 0}
-            for images, labels, indices in loader:
+            resuming_mid_epoch = saved is not None and epoch == position.epoch and position.batches_done > 0
+            if resuming_mid_epoch:
+                sums = dict(epoch_sums)
+            else:
+                sums = {"loss": 0.0, "ce": 0.0, "consistency": 0.0, "grad_norm": 0.0, "correct": 0, "seen": 0}
+            if saved is not None and epoch == position.epoch:
+                loader.generator.set_state(loader_state_at_epoch_start)
+            loader_state_at_epoch_start = loader.generator.get_state()
+            skip = position.batches_done if resuming_mid_epoch else 0
+            for batch_index, (images, labels, indices) in enumerate(loader):
+                if batch_index < skip:
+                    continue  # already trained on before the interruption; same order, same RNG
                 step_start = time.perf_counter()
                 lr = learning_rate(step, **schedule)
                 for group in optimizer.param_groups:
@@ -171,6 +263,15 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
                 if (step + 1) % recipe.train.log_every == 0:
                     log(record)
                 step += 1
+                every = recipe.train.checkpoint_every
+                if stop.is_set() or (every and step % every == 0 and batch_index + 1 < steps_per_epoch):
+                    save(Position(step, epoch, batch_index + 1), sums, loader_state_at_epoch_start)
+                if stop.is_set():
+                    signum = getattr(stop, "signum", signal.SIGINT)
+                    raise TrainingInterrupted(
+                        f"interrupted at step {step} (epoch {epoch + 1}); checkpoint saved in '{out}'; "
+                        f"continue with: pace train RECIPE --resume --output-dir {out}",
+                        exit_code=128 + int(signum))
 
             epoch_record: dict[str, Any] = {
                 "type": "epoch", "epoch": epoch + 1, "step": step,
@@ -190,6 +291,7 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
                 epoch_record.update(val_top1=val_result.top1, val_loss=val_result.loss)
             log(epoch_record)
             logger.epoch(epoch_record)
+            save(Position(step, epoch + 1, 0), {}, loader.generator.get_state())
 
     # --- outputs ----------------------------------------------------------------------------------
     seconds = time.perf_counter() - started

@@ -1,0 +1,101 @@
+import os
+import signal
+
+import pytest
+import torch
+
+from pace_cli.errors import PaceError
+from pace_cli.io import load_tensors
+from pace_cli.recipe import parse_recipe
+from pace_cli.train import TrainLogger, TrainingInterrupted, train
+
+RECIPE = """
+[model]
+name = "vit_tiny_patch16_224"
+img_size = 32
+drop_path_rate = 0.2
+kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
+[data]
+source = "synthetic"
+batch_size = 16
+synthetic_classes = 4
+synthetic_size = 48
+[adapter]
+rank = 3
+[pace]
+variant = "fast"
+sigma = 1.0
+[optim]
+lr = 0.01
+warmup_epochs = 1
+[train]
+epochs = 3
+log_every = 1
+"""
+
+
+class StopAt(TrainLogger):
+    """Interrupts the run after a given step, either through the stop event or a real SIGINT."""
+
+    def __init__(self, at_step, use_signal=False):
+        self.at_step, self.use_signal, self.stop = at_step, use_signal, None
+
+    def step(self, record):
+        if record["step"] == self.at_step:
+            if self.use_signal:
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                self.stop.set()
+
+
+def run(tmp_path, name, overrides=(), **kwargs):
+    return train(parse_recipe(RECIPE, list(overrides)), output_dir=tmp_path / name, **kwargs)
+
+
+@pytest.mark.parametrize("variant", ["fast", "pace"])
+@pytest.mark.parametrize("at_step,checkpoint_every", [(5, 0), (3, 0), (4, 2)])
+def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, variant, at_step, checkpoint_every):
+    overrides = [f"pace.variant={variant}", f"train.checkpoint_every={checkpoint_every}"]
+    straight = run(tmp_path, "straight", overrides)
+    import threading
+    logger = StopAt(at_step)
+    logger.stop = threading.Event()
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        run(tmp_path, "interrupted", overrides, logger=logger, stop=logger.stop)
+    assert interrupted.value.exit_code == 130 and "--resume" in str(interrupted.value)
+    assert not (tmp_path / "interrupted" / "adapter.safetensors").exists()
+    resumed = run(tmp_path, "interrupted", overrides, resume=True)
+    a, b = load_tensors(straight.adapter_path), load_tensors(resumed.adapter_path)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [line for line in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    straight_steps = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    assert len(steps) == len(straight_steps)
+
+
+def test_real_sigint_saves_and_exits_130(tmp_path):
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        run(tmp_path, "sig", logger=StopAt(2, use_signal=True))
+    assert interrupted.value.exit_code == 130
+    assert (tmp_path / "sig" / "checkpoint.safetensors").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_resume_refuses_a_recipe_that_matters_and_allows_more_epochs(tmp_path):
+    import threading
+    logger = StopAt(2)
+    logger.stop = threading.Event()
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path, "r", logger=logger, stop=logger.stop)
+    with pytest.raises(PaceError, match=r"\[adapter\] rank"):
+        run(tmp_path, "r", ["adapter.rank=4"], resume=True)
+    with pytest.raises(PaceError, match="--resume"):
+        run(tmp_path, "r")
+    result = run(tmp_path, "r", ["train.epochs=4"], resume=True)
+    assert result.steps == 12
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(PaceError, match="nothing to resume"):
+        run(tmp_path, "none", resume=True)
