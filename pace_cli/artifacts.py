@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+import torch
 from torch import Tensor
 
 from pace_cli import __version__, io
@@ -108,23 +110,108 @@ def read_adapter(path: str | Path) -> AdapterFile:
 
 
 class LazySafetensors(Mapping):
-    """Read-only mapping over a safetensors file that loads a tensor only when asked for it."""
+    """Read-only mapping over a safetensors file that loads a tensor only when asked for it.
+
+    Tensors are read with plain file reads, not through a memory map: a map keeps every page it
+    touched resident, so walking a whole base checkpoint would grow the process by the file size.
+    Keys come in sorted order, as ``safe_open`` gives them.
+    """
 
     def __init__(self, path: str | Path):
-        io.read_metadata(path)  # validates the header first, for a clean error
-        self._handle = safe_open(str(path), framework="pt", device="cpu")
-        self._keys = list(self._handle.keys())
+        self.path = Path(path)
+        _, self._layout = io.tensor_layout(self.path)  # validates the header first, for a clean error
+        self._keys = sorted(self._layout)
+        self._file = open(self.path, "rb")
 
     def __getitem__(self, key: str) -> Tensor:
-        if key not in self._keys:
+        if key not in self._layout:
             raise KeyError(key)
-        return self._handle.get_tensor(key)
+        return io.read_tensor(self._file, *self._layout[key])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def info(self, key: str) -> tuple[str, list[int]]:
+        """(safetensors dtype code, shape) of a tensor, without reading it."""
+        code, shape, _, _ = self._layout[key]
+        return code, shape
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> LazySafetensors:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _FingerprintWhileReading(Mapping):
+    """The base as the merge sees it, fingerprinting each tensor as it is read: one read per tensor.
+
+    The fingerprint takes tensors in sorted name order, but the merge reads a layer's weight just
+    before its bias (which sorts first), so a tensor that arrives early waits, by reference, for
+    its turn. Hashing runs in a thread (hashlib releases the GIL), overlapping the merge arithmetic
+    and the writing; the bounded queue keeps at most a few tensors alive for it.
+    """
+
+    def __init__(self, base: Mapping[str, Tensor], head_name: str):
+        self.base = base
+        prefix = head_name + "."
+        self._order = [key for key in sorted(base) if not key.startswith(prefix)]
+        self._unread = set(self._order)
+        self._next = 0
+        self._early: dict[str, Tensor] = {}
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._hash, name="pace-fingerprint", daemon=True)
+        self._thread.start()
+
+    def _hash(self) -> None:
+        try:
+            self._outcome["value"] = io.fingerprint(iter(self._queue.get, None))
+        except BaseException as e:
+            self._outcome["error"] = e
+            while self._queue.get() is not None:  # keep draining so the reader never blocks
+                pass
+
+    def __getitem__(self, key: str) -> Tensor:
+        tensor = self.base[key]
+        if key in self._unread:
+            self._unread.discard(key)
+            self._early[key] = tensor
+            self._release()
+        return tensor
+
+    def _release(self) -> None:
+        while self._next < len(self._order) and self._order[self._next] in self._early:
+            name = self._order[self._next]
+            self._queue.put((name, self._early.pop(name)))
+            self._next += 1
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def result(self) -> str:
+        """The fingerprint, after hashing whatever the merge did not read."""
+        for name in self._order[self._next:]:
+            if name in self._unread:
+                self[name]
+        self.close()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 def base_fingerprint(base: Mapping[str, Tensor], head_name: str) -> str:
@@ -142,12 +229,35 @@ class MergeReport:
     output_bytes: int
 
 
+def _merged_entries(base: LazySafetensors, head: Mapping[str, Tensor]) -> list[tuple[str, Any, list[int]]]:
+    """(name, dtype, shape) of every tensor ``iter_merged`` emits, from the base header and the new head.
+
+    Mirrors iter_merged: base tensors keep their dtype and shape, the adapter's head replaces the
+    base head and takes the dtype of the base head's tensors when it is floating point.
+    """
+    entries: list[tuple[str, Any, list[int]]] = []
+    head_dtype = None
+    for key in base:
+        code, shape = base.info(key)
+        if key in head:
+            head_dtype = code
+        else:
+            entries.append((key, code, shape))
+    for key, tensor in head.items():
+        dtype = head_dtype if head_dtype is not None and tensor.is_floating_point() else tensor.dtype
+        entries.append((key, dtype, list(tensor.shape)))
+    return entries
+
+
 def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | Path, *,
                 force: bool = False, overwrite: bool = False) -> MergeReport:
     """Fold an adapter file into a base safetensors file and write a plain checkpoint.
 
-    The base is read one tensor at a time and never turned into a model. Its fingerprint must
-    match the one the adapter was trained on, unless ``force``.
+    The base is read one tensor at a time and never turned into a model, and the output is
+    written as each tensor is merged, so memory stays at about one layer whatever the model size.
+    The base fingerprint must match the one the adapter was trained on, unless ``force``. It is
+    computed while merging and checked before the output is moved into place, so a mismatch
+    leaves no output file.
     """
     output = Path(output)
     io.check_can_write(output, overwrite)
@@ -155,31 +265,55 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
     if Path(base_path).suffix.lower() != ".safetensors":
         raise PaceError(f"base '{base_path}' must be a .safetensors file; convert it with "
                         "`pace export-base RECIPE --output base.safetensors`")
-    base = LazySafetensors(base_path)
     expected = adapter.metadata.get("base_fingerprint", "")
-    actual = base_fingerprint(base, adapter.head_name)
-    fingerprint_ok = actual == expected
-    if not fingerprint_ok and not force:
-        raise PaceError(
-            f"'{base_path}' is not the base '{adapter.path.name}' was trained on (fingerprint {actual[:19]}… "
-            f"vs {expected[:19]}…); pass --force to merge anyway"
-        )
-    layers, _ = split_adapter_state(adapter.tensors)
-    merged = dict(iter_merged(base, adapter.tensors, adapter.kind))
-    meta = {
-        "format": MERGED_FORMAT,
-        "format_version": io.FORMAT_VERSION,
-        "created_by": f"pace {__version__}",
-        "merged_from": {"base": Path(base_path).name, "adapter": adapter.path.name},
-        "adapter": adapter.metadata["adapter"],
-        "pace": adapter.metadata.get("pace", {}),
-        "timm_model": adapter.metadata["timm_model"],
-        "timm_kwargs": adapter.metadata.get("timm_kwargs", {}),
-        "num_classes": adapter.metadata["num_classes"],
-        "class_names": adapter.metadata.get("class_names", []),
-        "base_fingerprint": actual,
-        "fingerprint_checked": fingerprint_ok,
-        "head": adapter.head_name,
-    }
-    io.save_tensors(output, merged, meta)
-    return MergeReport(output, len(merged), len(layers), fingerprint_ok, output.stat().st_size)
+    layers, head = split_adapter_state(adapter.tensors)
+
+    with LazySafetensors(base_path) as base:
+        entries = _merged_entries(base, head)
+        source: Mapping[str, Tensor] = base
+        if force:
+            # The header, written first, records the actual fingerprint: so it needs its own pass.
+            actual = base_fingerprint(base, adapter.head_name)
+        else:
+            # Only a match gets written, so the header can state the expected fingerprint now.
+            source = checked = _FingerprintWhileReading(base, adapter.head_name)
+            actual = expected
+        fingerprint_ok = actual == expected
+
+        def produce() -> Iterator[tuple[str, Tensor]]:
+            yield from iter_merged(source, adapter.tensors, adapter.kind)
+            if not force:
+                found = checked.result()
+                if found != expected:  # raised inside the writer: the temporary file is removed
+                    raise PaceError(
+                        f"'{base_path}' is not the base '{adapter.path.name}' was trained on (fingerprint "
+                        f"{found[:19]}… vs {expected[:19]}…); pass --force to merge anyway"
+                    )
+
+        meta = {
+            "format": MERGED_FORMAT,
+            "format_version": io.FORMAT_VERSION,
+            "created_by": f"pace {__version__}",
+            "merged_from": {"base": Path(base_path).name, "adapter": adapter.path.name},
+            "adapter": adapter.metadata["adapter"],
+            "pace": adapter.metadata.get("pace", {}),
+            "timm_model": adapter.metadata["timm_model"],
+            "timm_kwargs": adapter.metadata.get("timm_kwargs", {}),
+            "num_classes": adapter.metadata["num_classes"],
+            "class_names": adapter.metadata.get("class_names", []),
+            "base_fingerprint": actual,
+            "fingerprint_checked": fingerprint_ok,
+            "head": adapter.head_name,
+        }
+        threads = torch.get_num_threads()
+        # The arithmetic is elementwise on a layer at a time: one intra-op thread is as fast when the
+        # machine is idle and several times faster when it is busy, and the fingerprint thread has
+        # the other core.
+        torch.set_num_threads(1)
+        try:
+            size = io.save_tensors_streaming(output, entries, produce(), meta)
+        finally:
+            torch.set_num_threads(threads)
+            if not force:
+                checked.close()
+    return MergeReport(output, len(entries), len(layers), fingerprint_ok, size)

@@ -78,8 +78,15 @@ def resolve_num_classes(recipe: Recipe, dataset: data_sources.PaceDataset) -> in
     found = len(dataset.classes)
     wanted = recipe.model.num_classes
     if wanted is not None and wanted < found:
+        labels = list(dataset.labels)
+        row = next((i for i, label in enumerate(labels) if label >= wanted), None)
+        where = ""
+        if row is not None:
+            key = dataset._sample_key(dataset._rows[row])
+            sample = key[0] if isinstance(key, tuple) else key
+            where = f" (e.g. label {labels[row]} of sample {sample})"
         raise PaceError(
-            f"[model] num_classes = {wanted} but split '{dataset.split}' has {found} classes; "
-            f"raise num_classes or remove it to take it from the data"
+            f"[model] num_classes = {wanted} but split '{dataset.split}' has labels up to {found - 1}{where}; "
+            f"fix the labels, raise num_classes, or remove it to take it from the data"
         )
     return wanted or found

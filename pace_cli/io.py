@@ -366,13 +366,17 @@ def read_tensor(f, code: str, shape: Sequence[int], begin: int, end: int) -> tor
     buffer = _raw_bytes(out)
     if len(buffer) != end - begin:
         raise PaceError(f"tensor at bytes {begin}-{end} does not match its shape {list(shape)}")
-    f.seek(begin)
-    done = 0
-    while done < len(buffer):
-        n = f.readinto(buffer[done:])
-        if not n:
-            raise PaceError(f"file ends inside a tensor (at byte {begin + done}); it is truncated")
-        done += n
+    try:
+        f.seek(begin)
+        done = 0
+        while done < len(buffer):
+            n = f.readinto(buffer[done:])
+            if not n:
+                raise PaceError(f"'{f.name}' ends inside a tensor (at byte {begin + done}); it is truncated")
+            done += n
+    except OSError as e:
+        # a PaceError here keeps read failures apart from write failures in save_tensors_streaming
+        raise PaceError(f"cannot read '{f.name}': {e.strerror or e}") from None
     return out
 
 

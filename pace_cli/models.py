@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
@@ -44,7 +45,11 @@ def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Mo
     import timm
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5] if name else []
+        # compare with name-length prefixes so 'vit_tinyy' finds 'vit_tiny_patch16_224'
+        by_prefix: dict[str, list[str]] = {}
+        for candidate in timm.list_models():
+            by_prefix.setdefault(candidate[: len(name)], []).append(candidate)
+        close = [m for p in difflib.get_close_matches(name, list(by_prefix), n=2, cutoff=0.75) for m in by_prefix[p]][:4]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise PaceError(f"[model] name {name!r} is not a timm model{hint}; see `timm.list_models()`")
     try:

@@ -239,7 +239,7 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
                     parts = regularizer.loss(images, labels, indices, step)
                 if not torch.isfinite(parts.total):
                     raise PaceError(
-                        f"training diverged: the loss became {parts.total.item()} at step {step} (epoch {epoch + 1}); "
+                        f"training diverged: the loss became {parts.total.item()} at step {step + 1} (epoch {epoch + 1}); "
                         "lower [optim] lr or [pace] lambda/sigma, or use precision = 'fp32'", exit_code=3)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(parts.total).backward()

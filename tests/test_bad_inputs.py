@@ -1,0 +1,253 @@
+"""Every kind of bad input gets one line on stderr, a non-zero exit code, no traceback, no output file.
+
+The cases double as the catalogue in docs/errors.md (`python scripts/error_catalogue.py` regenerates it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from pace_cli.cli import app
+
+runner = CliRunner()
+
+BASE_RECIPE = """
+[model]
+name = "vit_tiny_patch16_224"
+img_size = 32
+kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
+
+[data]
+source = "synthetic"
+batch_size = 8
+synthetic_classes = 3
+synthetic_size = 24
+
+[adapter]
+rank = 2
+
+[train]
+epochs = 1
+"""
+
+
+def recipe(tmp: Path, text: str = BASE_RECIPE, **replace: str) -> Path:
+    for old, new in replace.items():
+        assert old.replace("_", " ") in text or old in text
+        text = text.replace(old, new)
+    path = tmp / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def recipe_with(tmp: Path, old: str, new: str) -> Path:
+    assert old in BASE_RECIPE
+    path = tmp / "recipe.toml"
+    path.write_text(BASE_RECIPE.replace(old, new))
+    return path
+
+
+def train_args(tmp: Path, path: Path) -> list[str]:
+    return ["train", str(path), "--output-dir", str(tmp / "run")]
+
+
+def trained_adapter(tmp: Path, text: str = BASE_RECIPE) -> tuple[Path, Path]:
+    path = tmp / "ok.toml"
+    path.write_text(text)
+    result = runner.invoke(app, ["train", str(path), "--output-dir", str(tmp / "ok"), "--json"])
+    assert result.exit_code == 0, result.output
+    base = tmp / "base.safetensors"
+    assert runner.invoke(app, ["export-base", str(path), "-o", str(base)]).exit_code == 0
+    return tmp / "ok" / "adapter.safetensors", base
+
+
+def imagefolder(tmp: Path, bad_image: bool = False, per_class: int = 2) -> Path:
+    for split in ("train", "val", "test"):
+        for cls in ("a", "b"):
+            folder = tmp / "images" / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    if bad_image:
+        (tmp / "images" / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return tmp / "images"
+
+
+def imagefolder_recipe(tmp: Path, extra: str = "") -> Path:
+    root = tmp / "images"
+    return recipe_with(tmp, 'source = "synthetic"', f'source = "imagefolder"\nroot = "{root}"{extra}')
+
+
+def vtab(tmp: Path, lines: str) -> Path:
+    root = tmp / "vtab"
+    (root / "images").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(root / "images" / f"{i}.jpg")
+    for name in ("train800", "val200", "test"):
+        (root / f"{name}.txt").write_text(lines)
+    return recipe_with(tmp, 'source = "synthetic"',
+                       f'source = "vtab1k"\nroot = "{root}"\ntrain_split = "train800"\nval_split = "val200"')
+
+
+def case_malformed_toml(tmp):
+    return train_args(tmp, recipe_with(tmp, "rank = 2", "rank = = 2")), "recipe.toml"
+
+
+def case_unknown_key(tmp):
+    return train_args(tmp, recipe_with(tmp, "rank = 2", "rnak = 2")), "rnak"
+
+
+def case_wrong_type(tmp):
+    return train_args(tmp, recipe_with(tmp, "epochs = 1", 'epochs = "one"')), "epochs"
+
+
+@pytest.fixture(params=[("[adapter]\nrank = 2", "[adapter]\nrank = 0", "rank"),
+                        ("[train]", "[pace]\nsigma = -1\n[train]", "sigma"),
+                        ("[train]", "[pace]\nlambda = -0.5\n[train]", "lambda"),
+                        ("[train]", "[optim]\nlr = 0\n[train]", "lr"),
+                        ("epochs = 1", "epochs = 0", "epochs"),
+                        ("batch_size = 8", "batch_size = 8\nshots = 0", "shots")],
+                ids=["rank", "sigma", "lambda", "lr", "epochs", "shots"])
+def out_of_range(request):
+    return request.param
+
+
+def case_unknown_kind(tmp):
+    return train_args(tmp, recipe_with(tmp, "rank = 2", 'rank = 2\nkind = "lora_typo"')), "kind"
+
+
+def case_unknown_variant(tmp):
+    return train_args(tmp, recipe_with(tmp, "[train]", '[pace]\nvariant = "paec"\n[train]')), "variant"
+
+
+def case_unknown_model(tmp):
+    return train_args(tmp, recipe_with(tmp, 'name = "vit_tiny_patch16_224"', 'name = "vit_tinyy"')), "vit_tinyy"
+
+
+def case_missing_checkpoint(tmp):
+    return train_args(tmp, recipe_with(tmp, "img_size = 32", 'img_size = 32\ncheckpoint = "nope.safetensors"')), \
+        "nope.safetensors"
+
+
+def case_missing_data_folder(tmp):
+    return train_args(tmp, recipe_with(tmp, 'source = "synthetic"',
+                                       'source = "imagefolder"\nroot = "/no/such/folder"')), "/no/such/folder"
+
+
+def case_empty_split(tmp):
+    imagefolder(tmp)
+    for png in (tmp / "images" / "val").rglob("*.png"):
+        png.unlink()
+    return train_args(tmp, imagefolder_recipe(tmp)), "val"
+
+
+def case_too_few_shots(tmp):
+    imagefolder(tmp, per_class=2)
+    return train_args(tmp, imagefolder_recipe(tmp, "\nshots = 5")), "shots"
+
+
+def case_label_out_of_range(tmp):
+    path = vtab(tmp, "images/0.jpg 0\nimages/1.jpg 1\nimages/2.jpg 7\nimages/3.jpg 0\n")
+    path.write_text(path.read_text().replace("img_size = 32", "img_size = 32\nnum_classes = 2"))
+    return train_args(tmp, path), "num_classes"
+
+
+def case_negative_label(tmp):
+    return train_args(tmp, vtab(tmp, "images/0.jpg 0\nimages/1.jpg -1\n")), "line 2"
+
+
+def case_undecodable_image(tmp):
+    imagefolder(tmp, bad_image=True)
+    return train_args(tmp, imagefolder_recipe(tmp)), "broken.png"
+
+
+def case_truncated_safetensors(tmp):
+    good = tmp / "good.safetensors"
+    save_file({"w": torch.randn(64, 64)}, str(good))
+    cut = tmp / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:-100])
+    return ["inspect", str(cut)], "cut.safetensors"
+
+
+def case_not_safetensors(tmp):
+    path = tmp / "notes.safetensors"
+    path.write_text("hello, I am a text file")
+    return ["inspect", str(path)], "notes.safetensors"
+
+
+def case_adapter_for_another_base(tmp):
+    adapter, _ = trained_adapter(tmp)
+    other = recipe_with(tmp, "embed_dim = 32", "embed_dim = 48")
+    other_base = tmp / "other_base.safetensors"
+    assert runner.invoke(app, ["export-base", str(other), "-o", str(other_base)]).exit_code == 0
+    return ["merge", str(other_base), str(adapter), "-o", str(tmp / "merged.safetensors"), "--force"], "shape"
+
+
+def case_base_passed_as_adapter(tmp):
+    _, base = trained_adapter(tmp)
+    return ["merge", str(base), str(base), "-o", str(tmp / "merged.safetensors")], "not a pace adapter"
+
+
+def case_fingerprint_mismatch(tmp):
+    adapter, _ = trained_adapter(tmp)
+    other = recipe_with(tmp, "[train]\nepochs = 1", "[train]\nepochs = 1\nseed = 5")
+    other_base = tmp / "other_base.safetensors"
+    assert runner.invoke(app, ["export-base", str(other), "-o", str(other_base)]).exit_code == 0
+    return ["merge", str(other_base), str(adapter), "-o", str(tmp / "merged.safetensors")], "--force"
+
+
+def case_output_exists(tmp):
+    adapter, base = trained_adapter(tmp)
+    target = tmp / "merged.safetensors"
+    target.write_bytes(b"precious")
+    return ["merge", str(base), str(adapter), "-o", str(target)], "--overwrite"
+
+
+def case_diverging_loss(tmp):
+    path = recipe_with(tmp, "[train]", "[optim]\nlr = 1e30\nwarmup_epochs = 0\n[train]")
+    return train_args(tmp, path), "diverged"
+
+
+CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
+EXIT_CODES = {"diverging_loss": 3}
+
+
+def check_clean_failure(result, expected: str, code: int = 2):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    assert expected in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_clean_line(tmp_path, name):
+    argv, expected = CASES[name](tmp_path)
+    before = {p for p in tmp_path.rglob("*")}
+    result = runner.invoke(app, argv)
+    check_clean_failure(result, expected, EXIT_CODES.get(name, 2))
+    if name != "diverging_loss":
+        created = {p for p in tmp_path.rglob("*")} - before
+        assert not any(p.suffix == ".safetensors" for p in created), created
+    else:
+        assert not (tmp_path / "run" / "adapter.safetensors").exists()
+    if name == "output_exists":
+        assert (tmp_path / "merged.safetensors").read_bytes() == b"precious"
+
+
+def test_out_of_range_values(tmp_path, out_of_range):
+    old, new, key = out_of_range
+    result = runner.invoke(app, train_args(tmp_path, recipe_with(tmp_path, old, new)))
+    check_clean_failure(result, key)
+    assert not (tmp_path / "run").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = runner.invoke(app, ["--debug", "inspect", str(tmp_path / "missing.safetensors")])
+    assert result.exit_code != 0 and result.exception is not None
