@@ -146,12 +146,14 @@ def train(
     """
     def action():
         from pace_cli.recipe import load_recipe
-        from pace_cli.train import train as run_training
+        from pace_cli.train import TrainingInterrupted, train as run_training
 
         loaded = load_recipe(recipe, set_ or ())
         logger = RichTrainLogger(quiet=json_output)
         try:
             result = run_training(loaded, output_dir=output_dir, logger=logger, overwrite=overwrite, resume=resume)
+        except TrainingInterrupted as stopped:
+            raise TrainingInterrupted(str(stopped).replace("RECIPE", str(recipe)), exit_code=stopped.exit_code)
         finally:
             logger.finish()
         summary = {

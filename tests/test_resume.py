@@ -99,3 +99,29 @@ def test_resume_refuses_a_recipe_that_matters_and_allows_more_epochs(tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(PaceError, match="nothing to resume"):
         run(tmp_path, "none", resume=True)
+
+
+def test_sigterm_to_the_cli_saves_and_resume_finishes(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.replace("epochs = 3", "epochs = 40"))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "pace_cli.cli", "train", str(recipe), "-o", str(out), "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").is_file()
+                                          and (out / "metrics.jsonl").read_text().strip()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--resume" in lines[0] and str(recipe) in lines[0]
+    assert (out / "checkpoint.safetensors").is_file() and not (out / "adapter.safetensors").exists()
+    resumed = subprocess.run(command[:-1] + ["--resume", "--json", "--set", "train.epochs=2"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "adapter.safetensors").is_file()
