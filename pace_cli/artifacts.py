@@ -155,7 +155,8 @@ class _FingerprintWhileReading(Mapping):
     The fingerprint takes tensors in sorted name order, but the merge reads a layer's weight just
     before its bias (which sorts first), so a tensor that arrives early waits, by reference, for
     its turn. Hashing runs in a thread (hashlib releases the GIL), overlapping the merge arithmetic
-    and the writing; the bounded queue keeps at most a few tensors alive for it.
+    and the writing; the bounded queue keeps at most a few tensors alive for it. The merge must
+    not change the tensors it reads in place, since they may still be waiting to be hashed.
     """
 
     def __init__(self, base: Mapping[str, Tensor], head_name: str):
@@ -214,6 +215,23 @@ class _FingerprintWhileReading(Mapping):
             self._thread.join()
 
 
+_HALF_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16"}
+_FLOAT_CODES = {"F64", "F32", "BF16", "F16"}
+
+
+def expected_fingerprint(metadata: Mapping[str, Any], base: LazySafetensors) -> str:
+    """The fingerprint the base must have, given the precision it is stored in.
+
+    Adapters record the fingerprint of their base as trained (float32) and of the same base
+    rounded to bfloat16 and float16, so a half-precision copy of the right base is recognised
+    without ``--force``.
+    """
+    codes = {base.info(key)[0] for key in base if not key.startswith(metadata["head"] + ".")} & _FLOAT_CODES
+    by_dtype = metadata.get("base_fingerprints") or {}
+    half = _HALF_DTYPE_NAMES.get(next(iter(codes))) if len(codes) == 1 else None
+    return by_dtype.get(half) or metadata.get("base_fingerprint", "")
+
+
 def base_fingerprint(base: Mapping[str, Tensor], head_name: str) -> str:
     """Fingerprint of a base state dict without its classifier (which fine-tuning replaces)."""
     prefix = head_name + "."
@@ -265,11 +283,11 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
     if Path(base_path).suffix.lower() != ".safetensors":
         raise PaceError(f"base '{base_path}' must be a .safetensors file; convert it with "
                         "`pace export-base RECIPE --output base.safetensors`")
-    expected = adapter.metadata.get("base_fingerprint", "")
     layers, head = split_adapter_state(adapter.tensors)
 
     with LazySafetensors(base_path) as base:
         entries = _merged_entries(base, head)
+        expected = expected_fingerprint(adapter.metadata, base)
         source: Mapping[str, Tensor] = base
         if force:
             # The header, written first, records the actual fingerprint: so it needs its own pass.

@@ -85,12 +85,21 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
+        with contextlib.suppress(OSError):
+            # some writers (safetensors among them) create files 0600; outputs get the usual mode
+            os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     _fsync_dir(final.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

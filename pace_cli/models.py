@@ -130,6 +130,21 @@ def base_state_items(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
         yield key, state[key]
 
 
+FINGERPRINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def base_fingerprints(model: nn.Module) -> dict[str, str]:
+    """Fingerprints of the base weights as stored in float32, bfloat16 and float16.
+
+    A half-precision copy of the base is the same base for merging purposes; storing the
+    fingerprint of each rounding lets `merge` recognise it without trusting a cast of its own.
+    """
+    from pace_cli import io
+
+    return {name: io.fingerprint((key, tensor.to(dtype)) for key, tensor in base_state_items(model))
+            for name, dtype in FINGERPRINT_DTYPES.items()}
+
+
 def pick_device(choice: str = "auto") -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -43,8 +43,8 @@ def build_eval_model(recipe: Recipe, *, weights: Path | None = None, adapter: Pa
     metadata = adapter_file.metadata
     num_classes = int(metadata["num_classes"])
     model = build_base_model(recipe, num_classes)
-    expected = metadata.get("base_fingerprint")
-    if expected and io.fingerprint(base_state_items(model)) != expected:
+    expected = {metadata.get("base_fingerprint"), *(metadata.get("base_fingerprints") or {}).values()} - {None, ""}
+    if expected and io.fingerprint(base_state_items(model)) not in expected:
         raise PaceError(
             f"the recipe's base weights are not the ones '{adapter}' was trained on (fingerprint differs); "
             "point [model] checkpoint at the right base"

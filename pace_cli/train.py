@@ -27,7 +27,7 @@ from pace_cli.builders import (
 from pace_cli.data import make_loader
 from pace_cli.errors import PaceError
 from pace_cli.evaluate import EvalResult, evaluate
-from pace_cli.models import base_state_items, pick_device
+from pace_cli.models import base_fingerprints, pick_device
 from pace_cli.pace import PaceRegularizer, fp_distance
 from pace_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
 
@@ -170,7 +170,7 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
     val_set = build_dataset(recipe, recipe.data.val_split) if recipe.data.val_split else None
     num_classes = resolve_num_classes(recipe, train_set)
     model, report = build_adapted_model(recipe, num_classes)
-    fingerprint = io.fingerprint(base_state_items(model))
+    fingerprints = base_fingerprints(model)
     model.to(device)
     regularizer = PaceRegularizer(model, pace_config(recipe), num_train_samples=len(train_set),
                                   num_classes=num_classes)
@@ -302,9 +302,9 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
         pace={"variant": p.variant, "lambda": p.lambda_, "sigma": p.sigma, "lazy_interval": p.lazy_interval,
               "noise_free_blocks": p.noise_free_blocks},
         timm_model=recipe.model.name, timm_kwargs=timm_kwargs(recipe), num_classes=num_classes,
-        class_names=class_names(train_set, num_classes), base_fingerprint=fingerprint, base_checkpoint=recipe.model.checkpoint,
+        class_names=class_names(train_set, num_classes), base_fingerprint=fingerprints["float32"], base_checkpoint=recipe.model.checkpoint,
         recipe_toml=recipe_to_toml(recipe), trainable_parameters=report.trainable_parameters,
-        extra={"val_top1": val_result.top1 if val_result else None, "epochs": recipe.train.epochs, "steps": step,
+        extra={"base_fingerprints": fingerprints, "val_top1": val_result.top1 if val_result else None, "epochs": recipe.train.epochs, "steps": step,
                "recipe_json": recipe_to_dict(recipe)},
     )
     io.save_tensors(adapter_path, adapter_state_dict(model), metadata)

@@ -158,3 +158,32 @@ def test_version_and_help():
     for command in ("train", "merge", "eval", "inspect", "export-base"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_copy_of_the_base_merges_without_force(tmp_path, dtype):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    recipe = write_recipe(tmp_path, kind="lora_mul+vpt_add")
+    assert invoke("train", recipe, "--set", "train.epochs=1").exit_code == 0
+    adapter = tmp_path / "run" / "adapter.safetensors"
+    base = tmp_path / "base.safetensors"
+    assert invoke("export-base", recipe, "-o", base).exit_code == 0
+    half = {k: v.to(getattr(torch, dtype)) for k, v in load_file(str(base)).items()}
+    half_path = tmp_path / "base-half.safetensors"
+    save_file(half, str(half_path))
+
+    result = invoke("merge", half_path, adapter, "-o", tmp_path / "merged.safetensors", "--json")
+    assert result.exit_code == 0, result.output
+    assert json_of(result)["fingerprint_ok"] is True
+    merged = load_file(str(tmp_path / "merged.safetensors"))
+    assert all(v.dtype == getattr(torch, dtype) for v in merged.values())
+
+    # a half-precision copy of another base is still refused
+    other = dict(half)
+    other["blocks.0.mlp.fc1.weight"] = other["blocks.0.mlp.fc1.weight"] * 2
+    save_file(other, str(tmp_path / "other-half.safetensors"))
+    result = invoke("merge", tmp_path / "other-half.safetensors", adapter, "-o", tmp_path / "m2.safetensors")
+    assert result.exit_code == 2 and "--force" in result.output
+    assert not (tmp_path / "m2.safetensors").exists()

@@ -300,3 +300,13 @@ def test_fuzz_corrupted_real_file(tmp_path, cut, flips):
             fn(path)
         except PaceError as e:
             assert "\n" not in str(e)
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+
+    path = tmp_path / "t.safetensors"
+    pio.save_tensors(path, {"x": torch.zeros(2)})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
