@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pace_cli.errors import PaceError, describe_key_mismatch
+from pace_cli.noisy_linear import noisy_linear, worth_fusing
 
 ADAPTER_KINDS = ("lora_add", "lora_mul", "vpt_add", "lora_mul+vpt_add")
 DEFAULT_TARGETS = ("qkv", "proj", "fc1", "fc2")
@@ -109,8 +110,11 @@ class AdaptedLinear(nn.Module):
 
     Keeps the base layer's ``weight``/``bias`` parameter names so the state-dict keys of the base
     architecture do not move. ``noise_sigma`` is set by the PACE schedule; noise is drawn only in
-    training mode and when it is positive.
+    training mode and when it is positive. With a full-rank ΔW (``lora_mul``) the noisy forward
+    uses per-sample weights (:mod:`pace_cli.noisy_linear`) unless ``per_sample_weights`` is off.
     """
+
+    per_sample_weights = True
 
     def __init__(self, base: nn.Linear, kind: str, rank: int):
         super().__init__()
@@ -165,6 +169,13 @@ class AdaptedLinear(nn.Module):
         delta_w, delta_b = self.delta()
         if not (self.training and self.noise_sigma > 0):
             return F.linear(x, _add(self.weight, delta_w), _add(self.bias, delta_b))
+        if delta_w is not None and self.kind != "lora_add" and self.per_sample_weights and worth_fusing(x):
+            z = torch.randn(x.shape[0], self.out_features, device=x.device, dtype=x.dtype)
+            return noisy_linear(x, self.weight, self.bias, delta_w, delta_b, z.mul_(self.noise_sigma).add_(1.0))
+        return self.noisy_forward_reference(x, delta_w, delta_b)
+
+    def noisy_forward_reference(self, x: Tensor, delta_w: Tensor | None, delta_b: Tensor | None) -> Tensor:
+        """h0(x) + z ⊙ Δh(x) as written: the plain path, and the reference the fused one is tested against."""
         base_out = F.linear(x, self.weight, self.bias)
         if delta_w is None:
             delta_out = delta_b.expand_as(base_out)
