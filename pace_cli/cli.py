@@ -98,7 +98,8 @@ class RichTrainLogger:
             f"[bold]pace train[/]: {len(report.adapted_layers)} adapted layers, "
             f"{report.trainable_parameters:,} trainable / {report.total_parameters:,} parameters "
             f"({100 * report.trainable_parameters / max(1, report.total_parameters):.2f}%), "
-            f"{train_samples} training images, {steps_per_epoch} steps/epoch, device {device}"
+            f"{train_samples} training images, {steps_per_epoch} steps/epoch, device {device}",
+            soft_wrap=True,  # one line per message, whatever the terminal width: logs stay greppable
         )
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -118,7 +119,7 @@ class RichTrainLogger:
         if self.progress and "val_top1" in record:
             self.progress.console.print(
                 f"epoch {record['epoch']}: train top-1 {record['train_top1']:.3f}, val top-1 {record['val_top1']:.3f}, "
-                f"grad-norm {record['grad_norm']:.3f}, FP-distance {record['fp_distance']:.4f}"
+                f"grad-norm {record['grad_norm']:.3f}, FP-distance {record['fp_distance']:.4f}", soft_wrap=True
             )
 
     def finish(self):
@@ -167,7 +168,8 @@ def train(
             print_json(summary)
         else:
             val = f", val top-1 {result.val.top1:.4f}" if result.val else ""
-            console.print(f"[green]done[/] in {result.seconds:.1f}s{val}; adapter written to {result.adapter_path}")
+            console.print(f"[green]done[/] in {result.seconds:.1f}s{val}; adapter written to {result.adapter_path}",
+                          soft_wrap=True)
 
     run_guarded(action)
 
@@ -205,7 +207,7 @@ def merge(
         else:
             note = "" if report.fingerprint_ok else " [yellow](fingerprint mismatch ignored: --force)[/]"
             console.print(f"[green]merged[/] {report.merged_layers} layers into {report.output} "
-                          f"({report.tensors} tensors) in {seconds:.2f}s{note}")
+                          f"({report.tensors} tensors) in {seconds:.2f}s{note}", soft_wrap=True)
 
     run_guarded(action)
 
@@ -298,7 +300,7 @@ def export_base(
     """Write the recipe's base weights as a timm-format safetensors file, the input `pace merge` expects.
 
     Useful when the base came from a .pth/.npz file or timm's hub. Example:
-    [bold]pace export-base recipes/vtab1k-cifar.toml -o vit_b16_in21k.safetensors[/]
+    [bold]pace export-base recipes/vtab1k-cifar100.toml -o vit_b16_in21k.safetensors[/]
     """
     def action():
         from pace_cli.recipe import load_recipe
