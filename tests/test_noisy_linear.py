@@ -51,15 +51,20 @@ def test_noisy_linear_matches_dense_reference(monkeypatch, shape, with_bias, wit
         torch.testing.assert_close(fused_grads[key], dense_grads[key].float(), rtol=1e-4, atol=1e-4, msg=key)
 
 
-@pytest.mark.parametrize("kind", ["lora_mul", "lora_mul+vpt_add"])
-def test_adapted_layer_fused_and_reference_paths_agree(monkeypatch, kind):
-    monkeypatch.setattr(nl, "MIN_TOKENS_PER_SAMPLE", 1)
-    layer = AdaptedLinear(torch.nn.Linear(12, 10), kind, rank=3)
+def _noisy_training_layer(d_in, d_out, kind, rank, sigma):
+    """An adapted layer in training mode with non-zero adapters and PACE noise on."""
+    layer = AdaptedLinear(torch.nn.Linear(d_in, d_out), kind, rank=rank)
     with torch.no_grad():
         for name in layer.adapter_names:
             getattr(layer, name).normal_()
-    layer.noise_sigma = 0.8
-    layer.train()
+    layer.noise_sigma = sigma
+    return layer.train()
+
+
+@pytest.mark.parametrize("kind", ["lora_mul", "lora_mul+vpt_add"])
+def test_adapted_layer_fused_and_reference_paths_agree(monkeypatch, kind):
+    monkeypatch.setattr(nl, "MIN_TOKENS_PER_SAMPLE", 1)
+    layer = _noisy_training_layer(12, 10, kind, rank=3, sigma=0.8)
     x = torch.randn(4, 5, 12)
 
     def run(per_sample):
@@ -114,12 +119,7 @@ def test_fusing_needs_enough_tokens_per_sample():
 
 def test_fused_path_under_cpu_bf16_autocast_matches_float32(monkeypatch):
     monkeypatch.setattr(nl, "MIN_TOKENS_PER_SAMPLE", 1)
-    layer = AdaptedLinear(torch.nn.Linear(16, 8), "lora_mul+vpt_add", rank=2)
-    with torch.no_grad():
-        for name in layer.adapter_names:
-            getattr(layer, name).normal_()
-    layer.noise_sigma = 0.5
-    layer.train()
+    layer = _noisy_training_layer(16, 8, "lora_mul+vpt_add", rank=2, sigma=0.5)
     x = torch.randn(3, 6, 16)
 
     def run(autocast):
