@@ -95,14 +95,25 @@ def _add(base: Tensor | None, delta: Tensor | None) -> Tensor | None:
     return delta if base is None else base + delta
 
 
-def sample_noise(like: Tensor, sigma: float) -> Tensor:
-    """Multiplicative noise z ~ N(1, sigma^2) with shape [B, 1, ..., 1, d_out].
+def draw_noise(rows: int, channels: int, sigma: float, samples: int | None = None, *,
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Multiplicative noise z ~ N(1, sigma^2) of shape [rows, channels], one draw per sample and channel.
 
-    One draw per sample and output channel, shared by every token of the sample: this equals
-    noise on the rows of ΔW (paper §3.5) at a fraction of the cost.
+    Shared by every token of a sample, this equals noise on the rows of ΔW (paper §3.5) at a
+    fraction of the cost. ``rows`` is the leading dim of a layer's input; in Swin's window
+    attention that is samples × windows, with a sample's windows next to each other. Given the
+    number of ``samples``, each sample's draw is repeated over its windows, so its tokens share
+    one draw there too; without it every row is taken for a sample.
     """
-    shape = (like.shape[0],) + (1,) * (like.dim() - 2) + (like.shape[-1],)
-    return torch.randn(shape, device=like.device, dtype=like.dtype).mul_(sigma).add_(1.0)
+    groups = samples if samples and rows % samples == 0 else rows
+    z = torch.randn(groups, channels, device=device, dtype=dtype).mul_(sigma).add_(1.0)
+    return z if groups == rows else z.repeat_interleave(rows // groups, dim=0)
+
+
+def sample_noise(like: Tensor, sigma: float, samples: int | None = None) -> Tensor:
+    """``draw_noise`` shaped [rows, 1, ..., 1, d_out] to multiply ``like`` [rows, ..., d_out]."""
+    z = draw_noise(like.shape[0], like.shape[-1], sigma, samples, device=like.device, dtype=like.dtype)
+    return z.view((like.shape[0],) + (1,) * (like.dim() - 2) + (like.shape[-1],))
 
 
 class AdaptedLinear(nn.Module):
@@ -115,6 +126,9 @@ class AdaptedLinear(nn.Module):
     """
 
     per_sample_weights = True
+    # Set by PaceRegularizer: an object whose ``samples`` is the number of samples in the batch
+    # now flowing through the model (so Swin's windows of one sample share its noise draw).
+    batch_state = None
 
     def __init__(self, base: nn.Linear, kind: str, rank: int):
         super().__init__()
@@ -169,12 +183,14 @@ class AdaptedLinear(nn.Module):
         delta_w, delta_b = self.delta()
         if not (self.training and self.noise_sigma > 0):
             return F.linear(x, _add(self.weight, delta_w), _add(self.bias, delta_b))
+        samples = getattr(self.batch_state, "samples", None)
         if delta_w is not None and self.kind != "lora_add" and self.per_sample_weights and worth_fusing(x):
-            z = torch.randn(x.shape[0], self.out_features, device=x.device, dtype=x.dtype)
-            return noisy_linear(x, self.weight, self.bias, delta_w, delta_b, z.mul_(self.noise_sigma).add_(1.0))
-        return self.noisy_forward_reference(x, delta_w, delta_b)
+            z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype)
+            return noisy_linear(x, self.weight, self.bias, delta_w, delta_b, z)
+        return self.noisy_forward_reference(x, delta_w, delta_b, samples)
 
-    def noisy_forward_reference(self, x: Tensor, delta_w: Tensor | None, delta_b: Tensor | None) -> Tensor:
+    def noisy_forward_reference(self, x: Tensor, delta_w: Tensor | None, delta_b: Tensor | None,
+                                samples: int | None = None) -> Tensor:
         """h0(x) + z ⊙ Δh(x) as written: the plain path, and the reference the fused one is tested against."""
         base_out = F.linear(x, self.weight, self.bias)
         if delta_w is None:
@@ -184,7 +200,7 @@ class AdaptedLinear(nn.Module):
             delta_out = F.linear(F.linear(x, self.lora_A), self.lora_B, delta_b)
         else:
             delta_out = F.linear(x, delta_w, delta_b)
-        return base_out + sample_noise(delta_out, self.noise_sigma) * delta_out
+        return base_out + sample_noise(delta_out, self.noise_sigma, samples) * delta_out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}, rank={self.rank}"

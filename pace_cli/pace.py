@@ -70,11 +70,13 @@ def sigma_schedule(
 
 
 class PairState:
-    """Whether the batch flowing through the model right now is [x; x] (two copies of each sample)."""
+    """Whether the batch flowing through the model right now is [x; x] (two copies of each sample),
+    and how many samples it holds (2B once duplicated), for the adapters' per-sample noise."""
 
     def __init__(self):
         self.armed = False
         self.paired = False
+        self.samples: int | None = None
 
 
 class SharedDropPath(nn.Module):
@@ -159,8 +161,16 @@ def _duplicate_hook(state: PairState):
     def hook(module: nn.Module, args):
         if state.armed and not state.paired:
             state.paired = True
+            state.samples = 2 * args[0].shape[0]
             return (torch.cat([args[0], args[0]]),) + tuple(args[1:])
         return None
+
+    return hook
+
+
+def _count_samples_hook(state: PairState):
+    def hook(module: nn.Module, args):
+        state.samples = args[0].shape[0] if args and isinstance(args[0], Tensor) else None
 
     return hook
 
@@ -211,9 +221,11 @@ class PaceRegularizer:
         self.sigmas = sigma_schedule(list(layers), self.head_name, sigma, config.noise_free_blocks)
         for path, layer in layers.items():
             layer.noise_sigma = self.sigmas[path]
+            layer.batch_state = self.state
         head = model.get_submodule(self.head_name)
         head.pace_sigma = self.sigmas[self.head_name]
-        self._hooks = [head.register_forward_hook(_head_noise_hook)]
+        self._hooks = [head.register_forward_hook(_head_noise_hook),
+                       model.register_forward_pre_hook(_count_samples_hook(self.state))]
         self.duplicate_at = ""
         if config.variant in ("pace", "lazy"):
             share_random_masks(model, self.state)
@@ -244,6 +256,8 @@ class PaceRegularizer:
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+        for layer in adapted_layers(self.model).values():
+            layer.batch_state = None
 
     def paired_forward(self, images: Tensor) -> Tensor:
         """Logits for [x; x] with independent noise per copy and shared drop masks: shape [2B, C]."""

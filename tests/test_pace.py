@@ -44,6 +44,43 @@ def test_noise_statistics_and_sharing(kind):
     assert abs(corr_samples) < 0.1 and abs(corr_channels) < 0.1
 
 
+@pytest.mark.parametrize("kind", ["lora_add", "lora_mul+vpt_add"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_windows_of_one_sample_share_its_noise(monkeypatch, kind, fused):
+    """Swin's window attention sees [samples x windows, tokens, C]; a sample's draw covers its windows."""
+    from types import SimpleNamespace
+
+    import pace_cli.noisy_linear as nl
+
+    monkeypatch.setattr(nl, "MIN_TOKENS_PER_SAMPLE", 1 if fused else 10**9)
+    samples, windows = 3, 4
+    layer = noisy_layer(kind, sigma=0.7).double().train()
+    layer.batch_state = SimpleNamespace(samples=samples)
+    z = implied_noise(layer, torch.randn(samples * windows, 5, 8, dtype=torch.float64))[:, 0]
+    per_sample = z.view(samples, windows, -1)
+    torch.testing.assert_close(per_sample, per_sample[:, :1].expand_as(per_sample), rtol=1e-6, atol=1e-6)
+    assert (per_sample[0, 0] - per_sample[1, 0]).abs().min() > 0  # samples differ
+    layer.batch_state = None  # no sample count known: every row gets its own draw
+    z = implied_noise(layer, torch.randn(samples * windows, 5, 8, dtype=torch.float64))[:, 0]
+    assert (z[0] - z[1]).abs().min() > 0
+
+
+def test_swin_window_attention_is_told_the_sample_count():
+    model = tiny_swin(drop_path_rate=0.1)
+    inject_adapters(model, AdapterConfig(kind="lora_mul+vpt_add", rank=2), num_classes=5)
+    regularizer = PaceRegularizer(model, PaceConfig(variant="pace", sigma=1.0))
+    seen = []
+    qkv = model.get_submodule("layers.0.blocks.0.attn.qkv")
+    qkv.register_forward_hook(lambda m, args, out: seen.append((args[0].shape[0], m.batch_state.samples)))
+    model.train()
+    batch = 3
+    regularizer.loss(torch.randn(batch, 3, 32, 32), torch.randint(0, 5, (batch,)))
+    rows, samples = seen[-1]
+    assert samples == 2 * batch and rows % samples == 0 and rows > samples  # several windows per sample
+    model(torch.randn(batch, 3, 32, 32))  # a plain pass resets the count
+    assert seen[-1][1] == batch
+
+
 def test_noise_independent_between_copies_and_absent_in_eval():
     layer = noisy_layer(sigma=1.0).double().train()
     x = torch.randn(2000, 3, 8, dtype=torch.float64)
