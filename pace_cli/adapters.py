@@ -97,22 +97,21 @@ def _add(base: Tensor | None, delta: Tensor | None) -> Tensor | None:
 
 def draw_noise(rows: int, channels: int, sigma: float, samples: int | None = None, *,
                device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
-    """Multiplicative noise z ~ N(1, sigma^2) of shape [rows, channels], one draw per sample and channel.
+    """Multiplicative noise z ~ N(1, sigma^2), one draw per sample and channel: [samples, channels].
 
     Shared by every token of a sample, this equals noise on the rows of ΔW (paper §3.5) at a
     fraction of the cost. ``rows`` is the leading dim of a layer's input; in Swin's window
-    attention that is samples × windows, with a sample's windows next to each other. Given the
-    number of ``samples``, each sample's draw is repeated over its windows, so its tokens share
-    one draw there too; without it every row is taken for a sample.
+    attention that is samples × windows, with a sample's windows next to each other, and each
+    sample's draw covers all its rows. Without a ``samples`` count that divides ``rows``, every
+    row is taken for a sample.
     """
     groups = samples if samples and rows % samples == 0 else rows
-    z = torch.randn(groups, channels, device=device, dtype=dtype).mul_(sigma).add_(1.0)
-    return z if groups == rows else z.repeat_interleave(rows // groups, dim=0)
+    return torch.randn(groups, channels, device=device, dtype=dtype).mul_(sigma).add_(1.0)
 
 
-def sample_noise(like: Tensor, sigma: float, samples: int | None = None) -> Tensor:
-    """``draw_noise`` shaped [rows, 1, ..., 1, d_out] to multiply ``like`` [rows, ..., d_out]."""
-    z = draw_noise(like.shape[0], like.shape[-1], sigma, samples, device=like.device, dtype=like.dtype)
+def sample_noise(like: Tensor, sigma: float) -> Tensor:
+    """``draw_noise`` with a draw per row of ``like`` [rows, ..., d_out], shaped to multiply it."""
+    z = draw_noise(like.shape[0], like.shape[-1], sigma, device=like.device, dtype=like.dtype)
     return z.view((like.shape[0],) + (1,) * (like.dim() - 2) + (like.shape[-1],))
 
 
@@ -184,14 +183,16 @@ class AdaptedLinear(nn.Module):
         if not (self.training and self.noise_sigma > 0):
             return F.linear(x, _add(self.weight, delta_w), _add(self.bias, delta_b))
         samples = getattr(self.batch_state, "samples", None)
-        if delta_w is not None and self.kind != "lora_add" and self.per_sample_weights and worth_fusing(x):
-            z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype)
+        z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype)
+        if delta_w is not None and self.kind != "lora_add" and self.per_sample_weights and worth_fusing(x, len(z)):
             return noisy_linear(x, self.weight, self.bias, delta_w, delta_b, z)
-        return self.noisy_forward_reference(x, delta_w, delta_b, samples)
+        return self.noisy_forward_reference(x, delta_w, delta_b, z)
 
-    def noisy_forward_reference(self, x: Tensor, delta_w: Tensor | None, delta_b: Tensor | None,
-                                samples: int | None = None) -> Tensor:
-        """h0(x) + z ⊙ Δh(x) as written: the plain path, and the reference the fused one is tested against."""
+    def noisy_forward_reference(self, x: Tensor, delta_w: Tensor | None, delta_b: Tensor | None, z: Tensor) -> Tensor:
+        """h0(x) + z ⊙ Δh(x) as written, for noise z [samples, d_out] from ``draw_noise``.
+
+        The plain path, and the reference the fused one is tested against.
+        """
         base_out = F.linear(x, self.weight, self.bias)
         if delta_w is None:
             delta_out = delta_b.expand_as(base_out)
@@ -200,7 +201,9 @@ class AdaptedLinear(nn.Module):
             delta_out = F.linear(F.linear(x, self.lora_A), self.lora_B, delta_b)
         else:
             delta_out = F.linear(x, delta_w, delta_b)
-        return base_out + sample_noise(delta_out, self.noise_sigma, samples) * delta_out
+        rows = x.shape[0]
+        per_row = z if len(z) == rows else z.repeat_interleave(rows // len(z), dim=0)  # Swin: over windows
+        return base_out + per_row.view((rows,) + (1,) * (x.dim() - 2) + (z.shape[-1],)) * delta_out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}, rank={self.rank}"

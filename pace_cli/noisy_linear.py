@@ -27,9 +27,9 @@ CHUNK_ELEMENTS = 1 << 20  # per-sample weights built at once (4 MiB in float32)
 MIN_TOKENS_PER_SAMPLE = 32
 
 
-def worth_fusing(x: Tensor) -> bool:
-    """Whether x [B, ..., d_in] has enough tokens per sample for per-sample weights to pay."""
-    return x.dim() > 2 and x[0].numel() // x.shape[-1] >= MIN_TOKENS_PER_SAMPLE
+def worth_fusing(x: Tensor, samples: int) -> bool:
+    """Whether x [rows, ..., d_in] holds enough tokens per sample for per-sample weights to pay."""
+    return x.dim() > 2 and x.numel() // (samples * x.shape[-1]) >= MIN_TOKENS_PER_SAMPLE
 
 
 def _sample_chunks(batch: int, weight_elements: int):
@@ -52,7 +52,7 @@ class _NoisyLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, delta_w: Tensor,
                 delta_b: Tensor | None, z: Tensor) -> Tensor:
-        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        x3 = x.reshape(z.shape[0], -1, x.shape[-1])  # [samples, tokens, d_in]
         out = _per_sample_matmul(x3, weight, delta_w, z, transpose=True)
         if bias is not None:
             out += bias
@@ -66,7 +66,7 @@ class _NoisyLinear(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x, weight, delta_w, z = ctx.saved_tensors
         need_x, need_w, need_b, need_dw, need_db, _ = ctx.needs_input_grad
-        g = grad_out.reshape(x.shape[0], -1, weight.shape[0])
+        g = grad_out.reshape(z.shape[0], -1, weight.shape[0])
         x2 = x.reshape(-1, x.shape[-1])
         grad_x = grad_w = grad_b = grad_dw = grad_db = None
         if need_x:
@@ -87,6 +87,9 @@ class _NoisyLinear(torch.autograd.Function):
 def noisy_linear(x: Tensor, weight: Tensor, bias: Tensor | None, delta_w: Tensor, delta_b: Tensor | None,
                  z: Tensor) -> Tensor:
     """W0 x + b0 + z ⊙ (ΔW x + Δb) for x [B, ..., d_in] and per-sample noise z [B, d_out].
+
+    x's leading dim may also be B × windows (Swin), a sample's rows next to each other: each
+    sample then gets one weight for all its windows' tokens.
 
     Equal (to float rounding) to the two-matmul formula, with its gradients, at about the cost
     of one linear layer. Under autocast the inputs are cast to the autocast dtype first, as an

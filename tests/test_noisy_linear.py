@@ -113,8 +113,28 @@ def test_pace_loss_and_gradients_same_on_both_paths(monkeypatch, factory):
 
 
 def test_fusing_needs_enough_tokens_per_sample():
-    assert nl.worth_fusing(torch.zeros(2, 197, 8)) and nl.worth_fusing(torch.zeros(2, 7, 7, 8))
-    assert not nl.worth_fusing(torch.zeros(2, 17, 8)) and not nl.worth_fusing(torch.zeros(64, 8))
+    assert nl.worth_fusing(torch.zeros(2, 197, 8), 2) and nl.worth_fusing(torch.zeros(2, 7, 7, 8), 2)
+    assert not nl.worth_fusing(torch.zeros(2, 17, 8), 2) and not nl.worth_fusing(torch.zeros(64, 8), 64)
+    # Swin: 2 samples x 4 windows of 16 tokens = 64 tokens per sample
+    assert nl.worth_fusing(torch.zeros(8, 16, 8), 2) and not nl.worth_fusing(torch.zeros(8, 16, 8), 8)
+
+
+def test_noisy_linear_with_windows_matches_dense_reference():
+    """Rows = samples x windows: one per-sample weight covers all of a sample's windows."""
+    g = torch.Generator().manual_seed(1)
+    samples, windows, tokens, d_in, d_out = 3, 4, 5, 6, 7
+    x = torch.randn(samples * windows, tokens, d_in, generator=g, dtype=torch.float64, requires_grad=True)
+    w0, b0 = torch.randn(d_out, d_in, generator=g, dtype=torch.float64), torch.randn(d_out, generator=g, dtype=torch.float64)
+    dw = torch.randn(d_out, d_in, generator=g, dtype=torch.float64, requires_grad=True)
+    db = torch.randn(d_out, generator=g, dtype=torch.float64, requires_grad=True)
+    z = 1 + 0.5 * torch.randn(samples, d_out, generator=g, dtype=torch.float64)
+    fused = nl.noisy_linear(x, w0, b0, dw, db, z)
+    grads = torch.autograd.grad(fused.square().sum(), (x, dw, db))
+    dense = _dense_reference(x, w0, b0, dw, db, z.repeat_interleave(windows, dim=0))
+    dense_grads = torch.autograd.grad(dense.square().sum(), (x, dw, db))
+    torch.testing.assert_close(fused, dense)
+    for got, expected in zip(grads, dense_grads):
+        torch.testing.assert_close(got, expected)
 
 
 def test_fused_path_under_cpu_bf16_autocast_matches_float32(monkeypatch):
