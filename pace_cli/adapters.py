@@ -109,10 +109,19 @@ def draw_noise(rows: int, channels: int, sigma: float, samples: int | None = Non
     return torch.randn(groups, channels, device=device, dtype=dtype).mul_(sigma).add_(1.0)
 
 
+def noise_for(like: Tensor, z: Tensor) -> Tensor:
+    """Per-sample noise z [samples, d_out] shaped to multiply ``like`` [rows, ..., d_out].
+
+    Each sample's draw is repeated over its rows (Swin's windows) and broadcast over its tokens.
+    """
+    rows = like.shape[0]
+    per_row = z if len(z) == rows else z.repeat_interleave(rows // len(z), dim=0)
+    return per_row.view((rows,) + (1,) * (like.dim() - 2) + (z.shape[-1],))
+
+
 def sample_noise(like: Tensor, sigma: float) -> Tensor:
     """``draw_noise`` with a draw per row of ``like`` [rows, ..., d_out], shaped to multiply it."""
-    z = draw_noise(like.shape[0], like.shape[-1], sigma, device=like.device, dtype=like.dtype)
-    return z.view((like.shape[0],) + (1,) * (like.dim() - 2) + (like.shape[-1],))
+    return noise_for(like, draw_noise(like.shape[0], like.shape[-1], sigma, device=like.device, dtype=like.dtype))
 
 
 class AdaptedLinear(nn.Module):
@@ -201,9 +210,7 @@ class AdaptedLinear(nn.Module):
             delta_out = F.linear(F.linear(x, self.lora_A), self.lora_B, delta_b)
         else:
             delta_out = F.linear(x, delta_w, delta_b)
-        rows = x.shape[0]
-        per_row = z if len(z) == rows else z.repeat_interleave(rows // len(z), dim=0)  # Swin: over windows
-        return base_out + per_row.view((rows,) + (1,) * (x.dim() - 2) + (z.shape[-1],)) * delta_out
+        return base_out + noise_for(base_out, z) * delta_out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}, rank={self.rank}"
