@@ -338,7 +338,7 @@ def export_base(
     """Write the recipe's base weights as a timm-format safetensors file, the input `pace merge` expects.
 
     Useful when the base came from a .pth/.npz file or timm's hub. Example:
-    [bold]pace export-base recipes/vtab1k-cifar100.toml -o vit_b16_in21k.safetensors[/]
+    [bold]pace export-base recipes/vtab1k/cifar100.toml --set model.checkpoint=ViT-B_16.npz -o bases/vit_b16_in21k.safetensors[/]
     """
     def action():
         from pace_cli.recipe import load_recipe
