@@ -278,7 +278,7 @@ def render_targets(report) -> None:
         table.add_column(column, justify=justify)
     for item in report.sets:
         r = item.result
-        logits = (f"{item.scored_classes} of {item.head_classes} (restricted)" if item.restrict_logits
+        logits = (f"{item.scored_classes} of {item.head_classes}" if item.restrict_logits
                   else f"all {item.head_classes}")
         top5 = "n/a" if r.top5 is None else f"{100 * r.top5:.2f}%"
         name = item.name if item.kind == "target" else f"{item.name} (recipe)"
