@@ -499,7 +499,8 @@ def fewshot_list(layout: str, split: str, shots: int | None, seed: int) -> tuple
     return named.get(split, (split, "train"))
 
 
-def _class_ids(ids, source: str) -> tuple[list[int], dict[int, int]]:
+def _class_ids(ids) -> tuple[list[int], dict[int, int]]:
+    """Sorted distinct raw ids and the map raw id -> 0-based class."""
     ordered = sorted(set(ids))
     return ordered, {raw: i for i, raw in enumerate(ordered)}
 
@@ -557,7 +558,7 @@ def _build_fewshot(root: Path, split: str, common: dict, *, image_dir: str | Non
         space_ids = [lab for _, lab, _ in (entries if train_file == list_file else _parse_vtab_list(train_file))]
     else:
         space_file, space_ids = list_file, [lab for _, lab, _ in entries]
-    ordered, index = _class_ids(space_ids, "fewshot")
+    ordered, index = _class_ids(space_ids)
     labels = []
     for _, raw, lineno in entries:
         if raw not in index:
@@ -609,7 +610,7 @@ def _build_fgvc(root: Path, split: str, common: dict, *, image_dir: str | None, 
     train_ids = ([lab for _, lab, f in entries if f == train_file] if "train" in files_
                  else [lab for _, lab in _read_fgvc_json(train_file)])
     # NABirds' ids are not contiguous: the sorted training ids become 0..n-1 for every split.
-    ordered, index = _class_ids(train_ids, "fgvc")
+    ordered, index = _class_ids(train_ids)
     labels = []
     for rel, raw, path in entries:
         if raw not in index:

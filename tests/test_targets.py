@@ -262,3 +262,17 @@ def test_a_missing_target_folder_fails_before_the_model_is_built(setup, tmp_path
     result = runner.invoke(app, ["eval", str(recipe), "--weights", str(weights)])
     assert result.exit_code == 2 and "nowhere does not exist" in result.output
     assert load_recipe(recipe).eval.targets[1].name == "folders"
+
+
+def test_eval_with_an_adapter_scores_the_targets_too(setup, tmp_path):
+    from pace_cli.train import train
+
+    recipe_path, _ = setup()
+    recipe = load_recipe(recipe_path, ["train.epochs=1", "data.batch_size=4", f"output.dir={tmp_path / 'run'}",
+                                       "data.val_split=\"\""])
+    result = train(recipe)
+    out = runner.invoke(app, ["eval", str(recipe_path), "--adapter", str(result.adapter_path), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert [r["name"] for r in report["results"]] == ["test", "shifted", "folders", "lists"]
+    assert report["results"][1]["scored_classes"] == 2 and report["mean_target_top1"] is not None
