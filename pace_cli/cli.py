@@ -138,25 +138,44 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output dir from its "
                                          "checkpoint (same recipe; more epochs are fine).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of tables.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Train with this many processes on this machine "
+                                       "(DistributedDataParallel via torchrun's launcher: NCCL on GPUs, Gloo on "
+                                       "CPU). [data] batch_size stays the global batch.")] = 1,
 ):
     """Fine-tune adapters with PACE and write adapter.safetensors, metrics.jsonl and recipe.toml.
 
     Example: [bold]pace train recipes/quickstart.toml --set pace.sigma=1.5 -o runs/qs[/]
 
-    Ctrl-C (or SIGTERM) saves a checkpoint and exits 130 (143); [bold]--resume[/] continues the run exactly.
+    Several GPUs: [bold]pace train RECIPE --nproc 4[/], or [bold]torchrun --nproc-per-node 4 -m pace_cli train
+    RECIPE[/] (multi-node: add torchrun's --nnodes and --rdzv-endpoint).
+
+    Ctrl-C (or SIGTERM) saves a checkpoint and exits 130 (143); [bold]--resume[/] continues the run exactly,
+    with any number of processes.
     """
     def action():
+        from pace_cli import distributed
         from pace_cli.recipe import load_recipe
         from pace_cli.train import TrainingInterrupted, train as run_training
 
         loaded = load_recipe(recipe, set_ or ())
+        if nproc > 1:
+            if distributed.launched_by_torchrun():
+                from pace_cli.errors import PaceError
+                raise PaceError("--nproc starts its own processes; under torchrun, leave it out "
+                                "(torchrun's --nproc-per-node sets the count)")
+            raise typer.Exit(distributed.launch_local(nproc, _argv_without_nproc(), loaded.train.device))
+        world = distributed.init_from_environment(loaded.train.device)
         logger = RichTrainLogger(quiet=json_output)
         try:
             result = run_training(loaded, output_dir=output_dir, logger=logger, overwrite=overwrite, resume=resume)
         except TrainingInterrupted as stopped:
+            if not world.is_writer:
+                raise typer.Exit(stopped.exit_code)  # rank 0 says it once
             raise TrainingInterrupted(str(stopped).replace("RECIPE", str(recipe)), exit_code=stopped.exit_code)
         finally:
             logger.finish()
+        if not world.is_writer:
+            return
         summary = {
             "adapter": str(result.adapter_path), "metrics": str(result.metrics_path),
             "recipe": str(result.recipe_path), "steps": result.steps, "seconds": round(result.seconds, 2),
@@ -172,6 +191,19 @@ def train(
                           soft_wrap=True)
 
     run_guarded(action)
+
+
+def _argv_without_nproc() -> list[str]:
+    """This command line for the launched processes: everything after the program, less --nproc."""
+    args, out, skip = sys.argv[1:], [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 @app.command()
@@ -242,6 +274,8 @@ def eval_(
             raise PaceError("pass exactly one of --weights MERGED or --adapter ADAPTER")
         if unmerged and adapter is None:
             raise PaceError("--unmerged goes with --adapter")
+        from pace_cli.distributed import current_world
+
         loaded = load_recipe(recipe, set_ or ())
         if loaded.eval.targets and not no_targets:
             from pace_cli.targets import evaluate_targets
@@ -253,6 +287,8 @@ def eval_(
                 render_targets(report)
             return
         result = evaluate_recipe(loaded, weights=weights, adapter=adapter, split=split, unmerged=unmerged)
+        if not current_world().is_writer:
+            return  # under torchrun every rank has the whole result; rank 0 prints it
         if json_output:
             print_json(result.to_dict())
             return

@@ -320,11 +320,14 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
 
 
 def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                drop_last: bool = False, num_workers: int = 0) -> DataLoader:
+                drop_last: bool = False, num_workers: int = 0, world=None) -> DataLoader:
     """Wrap ``dataset`` in a DataLoader whose shuffle order depends only on ``seed``.
 
     Batches are ``(images [B,C,H,W], labels [B], indices [B])``. The generator keeps
     advancing between epochs, so each epoch gets a new but reproducible order.
+
+    With a multi-process ``world`` (:class:`pace_cli.distributed.World`), ``batch_size`` is the
+    global batch: every rank draws the same global batches and yields its own share of each.
     """
     if int(batch_size) <= 0:
         raise PaceError(f"batch size {batch_size} must be a positive integer")
@@ -336,6 +339,16 @@ def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: i
         )
     generator = torch.Generator()
     generator.manual_seed(int(seed))
+    if world is not None and world.distributed:
+        from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+        from pace_cli.distributed import ShardedBatchSampler, local_batch_size
+
+        local_batch_size(int(batch_size), world)  # refuses a batch that does not divide
+        order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        global_batches = BatchSampler(order, int(batch_size), drop_last)
+        return DataLoader(dataset, batch_sampler=ShardedBatchSampler(global_batches, world), generator=generator,
+                          num_workers=int(num_workers))
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle, generator=generator,
                       drop_last=drop_last, num_workers=int(num_workers))
 
