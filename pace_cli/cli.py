@@ -281,6 +281,8 @@ def eval_(
             from pace_cli.targets import evaluate_targets
 
             report = evaluate_targets(loaded, weights=weights, adapter=adapter, split=split, unmerged=unmerged)
+            if not current_world().is_writer:
+                return  # as below: every rank has the summed result, rank 0 prints it
             if json_output:
                 print_json(report.to_dict())
             else:

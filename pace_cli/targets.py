@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pace_cli import distributed
 from pace_cli.builders import build_dataset, build_target_dataset
 from pace_cli.data import PaceDataset, make_loader
 from pace_cli.errors import PaceError
 from pace_cli.evaluate import EvalResult, evaluate
-from pace_cli.models import pick_device
 from pace_cli.recipe import EvalTarget, Recipe
 from pace_cli.session import _names, build_eval_model
 
@@ -145,13 +145,17 @@ class Relabelled(Dataset):
 
 def score_set(model: nn.Module, dataset: PaceDataset, head_names: Sequence[str], *, name: str, kind: str,
               source: str, restrict: bool, class_map: str, batch_size: int, num_workers: int,
-              device: torch.device) -> SetResult:
+              device: torch.device, world: distributed.World | None = None) -> SetResult:
     heads = head_indices(dataset, head_names, class_map, name)
     kept, labels = restricted_view(heads, dataset.labels, len(head_names), restrict)
     scored_model = RestrictedLogits(model, kept).to(device) if restrict else model
-    loader = make_loader(Relabelled(dataset, labels), batch_size, shuffle=False, num_workers=num_workers)
+    view: Dataset = Relabelled(dataset, labels)
+    sharded = world is not None and world.distributed
+    if sharded:  # under torchrun each process scores its share and evaluate() sums the counts
+        view = torch.utils.data.Subset(view, distributed.shard_range(len(view), world))
+    loader = make_loader(view, batch_size, shuffle=False, num_workers=num_workers)
     result = evaluate(scored_model, loader, class_names=[head_names[h] for h in kept], split=dataset.split,
-                      device=device)
+                      device=device, sharded=sharded)
     return SetResult(name=name, kind=kind, source=source, split=dataset.split, restrict_logits=restrict,
                      scored_classes=len(kept), head_classes=len(head_names), result=result)
 
@@ -168,18 +172,20 @@ def evaluate_targets(recipe: Recipe, *, weights: Path | None = None, adapter: Pa
     if not split:
         raise PaceError("no split to evaluate: pass --split or set [data] test_split")
     targets = list(recipe.eval.targets if targets is None else targets)
+    world = distributed.init_from_environment(recipe.train.device)
     own = build_dataset(recipe, split)
     target_sets = [(t, build_target_dataset(recipe, t)) for t in targets]
     model, metadata = build_eval_model(recipe, weights=weights, adapter=adapter, unmerged=unmerged,
                                        fallback_classes=len(own.classes))
-    device = pick_device(recipe.train.device)
+    device = distributed.resolve_device(recipe.train.device, world)
     model.to(device)
     num_classes = model.get_classifier().out_features
     if max(own.labels, default=0) >= num_classes:
         raise PaceError(f"split '{split}' has labels up to {max(own.labels)} but the model has "
                         f"{num_classes} outputs; is this the right data for these weights?")
     head_names = _names(metadata, own, num_classes)
-    common = dict(batch_size=recipe.data.eval_batch_size, num_workers=recipe.data.num_workers, device=device)
+    common = dict(batch_size=recipe.data.eval_batch_size, num_workers=recipe.data.num_workers, device=device,
+                  world=world)
     # The recipe's own split keeps its labels as head indices, exactly as a plain `pace eval`.
     sets = [score_set(model, own, head_names, name=split, kind="recipe", source=recipe.data.source,
                       restrict=False, class_map="index_labels", **common)]
