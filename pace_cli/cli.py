@@ -253,14 +253,13 @@ def eval_(
     unmerged: Annotated[bool, typer.Option("--unmerged", help="With --adapter: run the adapter layers unfolded.")] = False,
     split: Annotated[Optional[str], typer.Option("--split", help="Split name (default: [data] test_split).")] = None,
     set_: SetOption = None,
-    no_targets: Annotated[bool, typer.Option("--no-targets", help="Skip the recipe's [[eval.targets]].")] = False,
+    no_targets: Annotated[bool, typer.Option("--no-targets", help="Skip the recipe's eval targets (eval.targets).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (top1, top5, samples, split, ...); "
                                               "with targets: {results: [one object per set], mean_target_top1, ...}.")] = False,
 ):
-    """Accuracy on a held-out split: top-1, top-5, per class; plus every [[eval.targets]] set of the recipe.
+    """Accuracy on a held-out split: top-1, top-5, per class; plus every eval target of the recipe.
 
-    With targets the model is built once and one table shows each set (top-1, top-5, images,
-    scored classes) and the mean over the targets.
+    With targets (the recipe's eval.targets tables) the model is built once and one table shows each set (top-1, top-5, images, scored logits) and the mean over the targets.
 
     Examples: [bold]pace eval recipes/quickstart.toml --weights runs/qs/merged.safetensors[/]
     · [bold]pace eval recipes/quickstart.toml --adapter runs/qs/adapter.safetensors --json[/]
