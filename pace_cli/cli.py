@@ -255,7 +255,7 @@ def eval_(
     set_: SetOption = None,
     no_targets: Annotated[bool, typer.Option("--no-targets", help="Skip the recipe's eval targets (eval.targets).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (top1, top5, samples, split, ...); "
-                                              "with targets: {results: [one object per set], mean_target_top1, ...}.")] = False,
+                                              "with targets: results (one object per set), mean_target_top1, mean_target_top5.")] = False,
 ):
     """Accuracy on a held-out split: top-1, top-5, per class; plus every eval target of the recipe.
 
