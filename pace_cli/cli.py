@@ -253,9 +253,13 @@ def eval_(
     unmerged: Annotated[bool, typer.Option("--unmerged", help="With --adapter: run the adapter layers unfolded.")] = False,
     split: Annotated[Optional[str], typer.Option("--split", help="Split name (default: [data] test_split).")] = None,
     set_: SetOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (top1, top5, samples, split, ...).")] = False,
+    no_targets: Annotated[bool, typer.Option("--no-targets", help="Skip the recipe's eval targets (eval.targets).")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (top1, top5, samples, split, ...); "
+                                              "with targets: results (one object per set), mean_target_top1, mean_target_top5.")] = False,
 ):
-    """Accuracy on a held-out split: top-1, top-5, per class.
+    """Accuracy on a held-out split: top-1, top-5, per class; plus every eval target of the recipe.
+
+    With targets (the recipe's eval.targets tables) the model is built once and one table shows each set (top-1, top-5, images, scored logits) and the mean over the targets.
 
     Examples: [bold]pace eval recipes/quickstart.toml --weights runs/qs/merged.safetensors[/]
     · [bold]pace eval recipes/quickstart.toml --adapter runs/qs/adapter.safetensors --json[/]
@@ -272,6 +276,17 @@ def eval_(
         from pace_cli.distributed import current_world
 
         loaded = load_recipe(recipe, set_ or ())
+        if loaded.eval.targets and not no_targets:
+            from pace_cli.targets import evaluate_targets
+
+            report = evaluate_targets(loaded, weights=weights, adapter=adapter, split=split, unmerged=unmerged)
+            if not current_world().is_writer:
+                return  # as below: every rank has the summed result, rank 0 prints it
+            if json_output:
+                print_json(report.to_dict())
+            else:
+                render_targets(report)
+            return
         result = evaluate_recipe(loaded, weights=weights, adapter=adapter, split=split, unmerged=unmerged)
         if not current_world().is_writer:
             return  # under torchrun every rank has the whole result; rank 0 prints it
@@ -291,6 +306,30 @@ def eval_(
         console.print(table)
 
     run_guarded(action)
+
+
+def render_targets(report) -> None:
+    table = Table(title="pace eval: the recipe's split and its targets")
+    for column, justify in (("set", "left"), ("split", "left"), ("images", "right"), ("logits", "left"),
+                            ("top-1", "right"), ("top-5", "right")):
+        table.add_column(column, justify=justify)
+    for item in report.sets:
+        r = item.result
+        logits = (f"{item.scored_classes} of {item.head_classes}" if item.restrict_logits
+                  else f"all {item.head_classes}")
+        top5 = "n/a" if r.top5 is None else f"{100 * r.top5:.2f}%"
+        name = item.name if item.kind == "target" else f"{item.name} (recipe)"
+        table.add_row(name, item.split, str(r.samples), logits, f"{100 * r.top1:.2f}%", top5)
+    mean1, mean5 = report.mean("top1"), report.mean("top5")
+    table.add_section()
+    table.add_row(f"mean over {len(report.targets)} targets", "", str(sum(t.result.samples for t in report.targets)),
+                  "", f"{100 * mean1:.2f}%" if mean1 is not None else "n/a",
+                  f"{100 * mean5:.2f}%" if mean5 is not None else "n/a")
+    console.print(table)
+    for item in report.targets:
+        how = (f"logits restricted to the {item.scored_classes} classes it holds" if item.restrict_logits
+               else f"all {item.head_classes} logits")
+        console.print(f"{item.name}: scored with {how}", soft_wrap=True)
 
 
 @app.command()
@@ -336,7 +375,7 @@ def export_base(
     """Write the recipe's base weights as a timm-format safetensors file, the input `pace merge` expects.
 
     Useful when the base came from a .pth/.npz file or timm's hub. Example:
-    [bold]pace export-base recipes/vtab1k-cifar100.toml -o vit_b16_in21k.safetensors[/]
+    [bold]pace export-base recipes/vtab1k/cifar100.toml --set model.checkpoint=ViT-B_16.npz -o bases/vit_b16_in21k.safetensors[/]
     """
     def action():
         from pace_cli.recipe import load_recipe
