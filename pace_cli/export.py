@@ -295,7 +295,7 @@ _UNSUPPORTED_OPTIONS = {
     "alora_invocation_tokens": (None, "activated LoRA depends on the input tokens"),
 }
 # init_lora_weights values under which PEFT trains against a modified base (unless converted on save).
-_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "eva", "lora_ga", "orthogonal")
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
 def peft_scaling(config: dict[str, Any], folder: Path) -> tuple[int, float]:
@@ -303,7 +303,7 @@ def peft_scaling(config: dict[str, Any], folder: Path) -> tuple[int, float]:
     where = f"'{folder / PEFT_CONFIG_FILE}'"
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
-        raise PaceError(f"{where} is a {config.get('peft_type') or 'untyped'} adapter; pace imports PEFT LoRA "
+        raise PaceError(f"{where} has peft_type {config.get('peft_type') or '(none)'}; pace imports PEFT LoRA "
                         "adapters only (peft_type LORA)")
     for option, (default, why) in _UNSUPPORTED_OPTIONS.items():
         value = config.get(option, default)
@@ -467,10 +467,11 @@ def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bo
     layer_order = [name for name in modules if name in parts.lora_A]  # model order, as `train` writes
     missing = sorted(set(parts.lora_A) - set(layer_order))
     if missing:
-        sample = ", ".join(n for n, m in modules.items() if isinstance(m, nn.Linear))[:160]
+        linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+        sample = ", ".join(linears[:6]) + (", ..." if len(linears) > 6 else "")
         raise PaceError(f"PEFT target {missing[0]} is not a module of {recipe.model.name} as the recipe builds it "
-                        f"({len(missing)} of {len(parts.lora_A)} targets unknown); its linear layers look like: "
-                        f"{sample}...; is this adapter for another model?")
+                        f"({len(missing)} of {len(parts.lora_A)} targets unknown; its linear layers look like: "
+                        f"{sample}); is this adapter for another model?")
     state: dict[str, Tensor] = {}
     bias_layers = 0
     for path in layer_order:

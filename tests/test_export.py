@@ -200,3 +200,203 @@ def test_export_refuses_the_wrong_base_and_keeps_the_old_folder(tmp_path):
                          "other files")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     check_one_line_error(runner.invoke(app, ["export", str(adapter), "-o", str(out), "--format", "onnx"]), "onnx")
+
+
+# ---------------------------------------------------------------- import: PEFT → pace
+
+
+def test_round_trip_pace_peft_pace(tmp_path):
+    adapter = make_adapter(tmp_path)
+    recipe = make_recipe(tmp_path)
+    export_peft(adapter, tmp_path / "peft")
+    back = tmp_path / "back.safetensors"
+    result = runner.invoke(app, ["import-peft", str(tmp_path / "peft"), "--recipe", str(recipe), "-o", str(back),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["scaling"] == 1.0 and summary["head_from"] == "peft" and summary["layers"] == 24
+
+    original, returned = pio.load_tensors(adapter), pio.load_tensors(back)
+    assert set(returned) == set(original)
+    for key, tensor in original.items():
+        if key.endswith("delta_bias"):
+            # travelled as b0 + Δb and came back as (b0 + Δb) − b0: equal up to float32 rounding of the bias
+            assert torch.allclose(returned[key], tensor, rtol=0, atol=1e-6), key
+        else:
+            assert torch.equal(returned[key], tensor), key
+    meta = artifacts.read_adapter(back).metadata
+    assert meta["adapter"]["kind"] == "lora_add" and meta["adapter"]["rank"] == 4
+    assert meta["base_fingerprint"] == artifacts.read_adapter(adapter).metadata["base_fingerprint"]
+    assert meta["class_names"] == [str(i) for i in range(CLASSES)]  # carried in the export's metadata
+    assert max_diff(logits(merged_model(tmp_path, back)[0]), logits(merged_model(tmp_path, adapter)[0])) <= TOLERANCE
+
+
+def test_imported_adapter_works_with_merge_eval_inspect(tmp_path):
+    adapter = make_adapter(tmp_path)
+    recipe = make_recipe(tmp_path)
+    export_peft(adapter, tmp_path / "peft")
+    back = tmp_path / "back.safetensors"
+    import_peft(tmp_path / "peft", back, load_recipe(recipe))
+
+    inspected = runner.invoke(app, ["inspect", str(back), "--json"])
+    assert inspected.exit_code == 0 and json.loads(inspected.output)["kind"] == "lora_add", inspected.output
+    merged = tmp_path / "m.safetensors"
+    merge = runner.invoke(app, ["merge", BASE, str(back), "-o", str(merged), "--json"])
+    assert merge.exit_code == 0 and json.loads(merge.output)["fingerprint_ok"] is True, merge.output
+    scores = {}
+    for flag, path in [("--adapter", adapter), ("--adapter", back), ("--weights", merged)]:
+        out = runner.invoke(app, ["eval", str(recipe), flag, str(path), "--json"])
+        assert out.exit_code == 0, out.output
+        scores[(flag, path.name)] = json.loads(out.output)["top1"]
+    assert len(set(scores.values())) == 1, scores
+    unmerged = runner.invoke(app, ["eval", str(recipe), "--adapter", str(back), "--unmerged", "--json"])
+    assert unmerged.exit_code == 0 and json.loads(unmerged.output)["top1"] == scores[("--adapter", back.name)]
+
+
+def peft_trained_lora(tmp: Path, **config) -> tuple[torch.nn.Module, Path]:
+    """A LoRA made by PEFT itself on the shipped backbone, weights random (as if trained), saved by PEFT."""
+    peft = peft_or_skip()
+    options = dict(r=3, lora_alpha=12, target_modules=["qkv", "fc1", "fc2"], modules_to_save=["head"])
+    options.update(config)
+    model = peft.get_peft_model(base_model(), peft.LoraConfig(**options))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name or (options.get("bias", "none") != "none" and "base_layer.bias" in name):
+                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    folder = tmp / "from-peft"
+    model.save_pretrained(str(folder))
+    return model.eval(), folder
+
+
+@pytest.mark.filterwarnings("ignore:.*LoRA tensor.*invalid shape")  # PEFT's ZeRO-3 check misreads lora_B.bias
+@pytest.mark.parametrize("config", [
+    dict(),                                            # scaling alpha / r = 4 folded into lora_B
+    dict(use_rslora=True, bias="lora_only"),           # alpha / sqrt(r), trained biases of the LoRA layers
+    dict(lora_bias=True),                              # a bias on lora_B, scaled like the product
+    dict(bias="all", modules_to_save=None, target_modules=["blocks.1.attn.qkv"]),  # keeps the base's own head
+], ids=["alpha", "rslora+lora_only", "lora_bias", "base_head"])
+def test_import_of_a_peft_made_lora_matches_peft(tmp_path, config):
+    peft_model, folder = peft_trained_lora(tmp_path, **config)
+    extra = ["--set", f"model.num_classes={CLASSES}"] if config.get("modules_to_save", ["head"]) is None else []
+    result = runner.invoke(app, ["import-peft", str(folder), "--recipe", str(make_recipe(tmp_path)),
+                                 "-o", str(tmp_path / "imported.safetensors"), *extra])
+    assert result.exit_code == 0, result.output
+    merged, _ = merged_model(tmp_path, tmp_path / "imported.safetensors")
+    assert max_diff(logits(merged), logits(peft_model)) <= TOLERANCE
+    assert max_diff(logits(merged), logits(base_model())) > 100 * TOLERANCE
+
+
+def write_peft_folder(tmp: Path, config: dict, tensors: dict | None = None) -> Path:
+    folder = tmp / "peft"
+    folder.mkdir(exist_ok=True)
+    (folder / PEFT_CONFIG_FILE).write_text(json.dumps(config))
+    if tensors is not None:
+        save_file(tensors, str(folder / PEFT_WEIGHTS_FILE))
+    return folder
+
+
+LORA = {"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["qkv"], "modules_to_save": ["head"]}
+HEAD = {"base_model.model.head.weight": torch.zeros(CLASSES, 128), "base_model.model.head.bias": torch.zeros(CLASSES)}
+
+
+def qkv_factors(path: str = "blocks.0.attn.qkv", d_in: int = 128, d_out: int = 384) -> dict:
+    return {f"base_model.model.{path}.lora_A.weight": torch.randn(2, d_in),
+            f"base_model.model.{path}.lora_B.weight": torch.randn(d_out, 2), **HEAD}
+
+
+def case_no_folder(tmp):
+    return tmp / "nope", "does not exist"
+
+
+def case_no_config(tmp):
+    (tmp / "peft").mkdir()
+    return tmp / "peft", PEFT_CONFIG_FILE
+
+
+def case_corrupt_config(tmp):
+    folder = write_peft_folder(tmp, LORA, qkv_factors())
+    (folder / PEFT_CONFIG_FILE).write_text('{"peft_type": "LORA", "r": ')
+    return folder, "not valid JSON"
+
+
+def case_no_weights(tmp):
+    return write_peft_folder(tmp, LORA), "no adapter_model.safetensors"
+
+
+def case_truncated_weights(tmp):
+    folder = write_peft_folder(tmp, LORA, qkv_factors())
+    data = (folder / PEFT_WEIGHTS_FILE).read_bytes()
+    (folder / PEFT_WEIGHTS_FILE).write_bytes(data[:-64])
+    return folder, "truncated"
+
+
+def case_not_lora(tmp):
+    return write_peft_folder(tmp, {"peft_type": "IA3", "target_modules": ["qkv"]}, qkv_factors()), "IA3"
+
+
+@pytest.fixture(params=[("use_dora", True), ("fan_in_fan_out", True), ("rank_pattern", {"qkv": 4}),
+                        ("alpha_pattern", {"qkv": 4}), ("init_lora_weights", "pissa")],
+                ids=["use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern", "pissa"])
+def unsupported_option(request):
+    return request.param
+
+
+def case_unknown_target(tmp):
+    return write_peft_folder(tmp, LORA, qkv_factors("blocks.9.attn.qkv")), "blocks.9.attn.qkv"
+
+
+def case_target_of_another_shape(tmp):
+    return write_peft_folder(tmp, LORA, qkv_factors(d_in=768, d_out=2304)), "another model"
+
+
+def case_conv_target(tmp):
+    tensors = {"base_model.model.patch_embed.proj.lora_A.weight": torch.randn(2, 1, 7, 7),
+               "base_model.model.patch_embed.proj.lora_B.weight": torch.randn(128, 2, 1, 1), **HEAD}
+    return write_peft_folder(tmp, {**LORA, "target_modules": ["proj"]}, tensors), "Conv2d"
+
+
+IMPORT_CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
+
+
+@pytest.mark.parametrize("name", sorted(IMPORT_CASES))
+def test_import_refuses_bad_folders_in_one_line(tmp_path, name):
+    folder, expected = IMPORT_CASES[name](tmp_path)
+    out = tmp_path / "out.safetensors"
+    result = runner.invoke(app, ["import-peft", str(folder), "--recipe", str(make_recipe(tmp_path)), "-o", str(out)])
+    check_one_line_error(result, expected)
+    assert not out.exists()
+
+
+def test_import_refuses_unsupported_options(tmp_path, unsupported_option):
+    option, value = unsupported_option
+    folder = write_peft_folder(tmp_path, {**LORA, option: value}, qkv_factors())
+    out = tmp_path / "out.safetensors"
+    result = runner.invoke(app, ["import-peft", str(folder), "--recipe", str(make_recipe(tmp_path)), "-o", str(out)])
+    check_one_line_error(result, option)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- timm's own loading path
+
+
+def test_merged_file_loads_through_timm_pretrained_cfg_overlay(tmp_path):
+    adapter = make_adapter(tmp_path)
+    _, merged = merged_model(tmp_path, adapter)
+    # What the README documents: num_classes goes in the overlay too, or timm drops the head
+    # because it differs from the 1000 classes of the model's default pretrained config.
+    model = timm.create_model(MODEL, pretrained=True, num_classes=CLASSES, **KWARGS,
+                              pretrained_cfg_overlay=dict(file=str(merged), num_classes=CLASSES))
+    recipe = load_recipe(make_recipe(tmp_path))
+    pace_model, _ = build_eval_model(recipe, weights=merged)  # what `pace eval --weights` runs
+    digits = torch.cat([images(16, seed) for seed in range(2)])
+    assert max_diff(logits(model, digits), logits(pace_model, digits)) == 0.0
+
+    from pace_cli.builders import build_dataset
+    from pace_cli.data import make_loader
+    from pace_cli.evaluate import evaluate
+
+    test_set = build_dataset(recipe, "test")
+    result = evaluate(model, make_loader(test_set, 256, shuffle=False), class_names=test_set.classes, split="test")
+    cli = runner.invoke(app, ["eval", str(make_recipe(tmp_path)), "--weights", str(merged), "--json"])
+    assert cli.exit_code == 0 and json.loads(cli.output)["top1"] == result.top1
