@@ -116,7 +116,13 @@ def _resolve_base(base: str | None, adapter: AdapterFile) -> Path:
     if not choice:
         raise PaceError(f"'{adapter.path}' shifts layer biases, and PEFT stores the whole bias b0 + Δb, so the export "
                         "needs the base weights: pass --base BASE.safetensors (or builtin:<name>)")
-    path = resolve_checkpoint(choice)
+    try:
+        path = resolve_checkpoint(choice)
+    except PaceError:
+        if base:
+            raise
+        raise PaceError(f"'{adapter.path}' records its base as '{choice}', which is not found from here (relative paths "
+                        "are taken from the current folder); pass --base BASE.safetensors") from None
     if path.suffix.lower() != ".safetensors":
         raise PaceError(f"base '{choice}' must be a .safetensors file; convert it with "
                         "`pace export-base RECIPE --output base.safetensors` and pass --base")
