@@ -524,6 +524,9 @@ def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bo
     load_adapter_state_dict(model, state)
 
     stashed = _pace_provenance(peft)
+    # The recorded recipe says what the file holds, whatever [adapter] the recipe given for the model had.
+    imported = {"kind": "lora_add", "rank": config_rank, "targets": list(layer_order)}
+    recipe = recipe.model_copy(update={"adapter": recipe.adapter.model_copy(update=imported)})
     metadata = adapter_metadata(
         kind="lora_add", rank=config_rank, targets=list(layer_order), layers=report.adapted_layers, head=head_name,
         pace={}, timm_model=recipe.model.name, timm_kwargs=timm_kwargs(recipe), num_classes=num_classes,

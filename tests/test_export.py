@@ -434,3 +434,21 @@ def test_merged_file_loads_through_timm_pretrained_cfg_overlay(tmp_path):
     result = evaluate(model, make_loader(test_set, 256, shuffle=False), class_names=test_set.classes, split="test")
     cli = runner.invoke(app, ["eval", str(make_recipe(tmp_path)), "--weights", str(merged), "--json"])
     assert cli.exit_code == 0 and json.loads(cli.output)["top1"] == result.top1
+
+
+def test_imported_adapter_records_what_it_holds(tmp_path):
+    adapter = make_adapter(tmp_path, rank=3)
+    export_peft(adapter, tmp_path / "peft")
+    quickstart = load_recipe(ROOT / "recipes" / "quickstart.toml")  # [adapter] says lora_mul+vpt_add, rank 8
+    import_peft(tmp_path / "peft", tmp_path / "back.safetensors", quickstart)
+    meta = artifacts.read_adapter(tmp_path / "back.safetensors").metadata
+    recorded = load_recipe_text(tmp_path, meta["recipe"])
+    assert (recorded.adapter.kind, recorded.adapter.rank) == ("lora_add", 3)
+    assert meta["adapter"]["layers"] == list(recorded.adapter.targets) and len(meta["adapter"]["layers"]) == 24
+    assert meta["imported_from"]["format"] == "peft" and meta["imported_from"]["scaling"] == 1.0
+
+
+def load_recipe_text(tmp: Path, text: str):
+    path = tmp / "recorded.toml"
+    path.write_text(text)
+    return load_recipe(path)
