@@ -356,8 +356,8 @@ def export(
 @app.command("import-peft")
 def import_peft(
     folder: Annotated[Path, typer.Argument(help="PEFT LoRA folder (adapter_config.json + adapter_model.safetensors).")],
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe whose [model] is the timm model and base "
-                                         "weights the LoRA was trained on.")],
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe whose \\[model] names the timm model and "
+                                         "the base weights the LoRA was trained on.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="pace adapter file to write.")] = Path(
         "adapter.safetensors"),
     set_: SetOption = None,

@@ -140,16 +140,16 @@ tags: [timm, lora, pace]
 ---
 # PEFT LoRA exported by pace
 
-A `lora_add` adapter trained with {meta.get("created_by", "pace")}, written by `pace export`
-(pace {__version__}) as a plain PEFT LoRA: rank {config["r"]}, `lora_alpha` {config["lora_alpha"]} (scaling 1),
-`bias = "{config["bias"]}"`, new head in `modules_to_save`. It loads without pace:
+A `lora_add` adapter ({meta.get("created_by", "pace")}) exported by `pace export` as a plain PEFT LoRA:
+rank {config["r"]}, `lora_alpha` {config["lora_alpha"]} (scaling 1), `bias = "{config["bias"]}"`, the new head in
+`modules_to_save`. It loads without pace:
 
 ```python
-import timm, torch
+import timm
 from peft import PeftModel
 
 model = timm.create_model({meta["timm_model"]!r}, num_classes={meta["num_classes"]}{kwargs})
-base = ...  # the base weights the adapter was trained on (base checkpoint: {meta.get("base_checkpoint") or "unknown"!r})
+base = ...  # state dict of the base it was trained on ({meta.get("base_checkpoint") or "unrecorded"}), e.g. safetensors load_file
 model.load_state_dict({{k: v for k, v in base.items() if not k.startswith({adapter.head_name + "."!r})}}, strict=False)
 model = PeftModel.from_pretrained(model, "THIS_FOLDER").eval()      # or .merge_and_unload()
 ```
@@ -177,6 +177,8 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
         raise PaceError(f"'{adapter.path}' does not hold one lora_A/lora_B pair of a single rank per layer; "
                         "the adapter file is damaged")
     rank = ranks.pop()
+    recorded = [path for path in adapter.metadata["adapter"].get("layers") or [] if path in layers]
+    layer_order = recorded + [path for path in layers if path not in recorded]  # model (depth) order
     shifts_bias = any("delta_bias" in t and bool(t["delta_bias"].any()) for t in layers.values())
 
     prefix = PEFT_KEY_PREFIX
@@ -218,7 +220,7 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
         "lora_alpha": rank,
         "use_rslora": False,
         "lora_dropout": 0.0,
-        "target_modules": list(layers),
+        "target_modules": layer_order,
         "modules_to_save": [adapter.head_name],
         "bias": "lora_only" if shifts_bias else "none",
         "fan_in_fan_out": False,

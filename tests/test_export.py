@@ -58,6 +58,12 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+# 64 random 1x28x28 images over 10 classes instead of the 899 test digits: evaluation here compares
+# models with each other, so any data will do, and this keeps the tests at seconds.
+SMALL_DATA = ["--set", "data.source=synthetic", "--set", "data.synthetic_size=64", "--set",
+              "data.synthetic_classes=10"]
+
+
 def make_recipe(tmp: Path, kind: str = "lora_add", rank: int = 4) -> Path:
     text = (ROOT / "recipes" / "quickstart.toml").read_text()
     text = text.replace('kind = "lora_mul+vpt_add"\nrank = 8', f'kind = "{kind}"\nrank = {rank}')
@@ -279,11 +285,11 @@ def test_imported_adapter_works_with_merge_eval_inspect(tmp_path):
     assert merge.exit_code == 0 and json.loads(merge.output)["fingerprint_ok"] is True, merge.output
     scores = {}
     for flag, path in [("--adapter", adapter), ("--adapter", back), ("--weights", merged)]:
-        out = runner.invoke(app, ["eval", str(recipe), flag, str(path), "--json"])
+        out = runner.invoke(app, ["eval", str(recipe), flag, str(path), "--json", *SMALL_DATA])
         assert out.exit_code == 0, out.output
         scores[(flag, path.name)] = json.loads(out.output)["top1"]
     assert len(set(scores.values())) == 1, scores
-    unmerged = runner.invoke(app, ["eval", str(recipe), "--adapter", str(back), "--unmerged", "--json"])
+    unmerged = runner.invoke(app, ["eval", str(recipe), "--adapter", str(back), "--unmerged", "--json", *SMALL_DATA])
     assert unmerged.exit_code == 0 and json.loads(unmerged.output)["top1"] == scores[("--adapter", back.name)]
 
 
@@ -421,7 +427,7 @@ def test_merged_file_loads_through_timm_pretrained_cfg_overlay(tmp_path):
     # because it differs from the 1000 classes of the model's default pretrained config.
     model = timm.create_model(MODEL, pretrained=True, num_classes=CLASSES, **KWARGS,
                               pretrained_cfg_overlay=dict(file=str(merged), num_classes=CLASSES))
-    recipe = load_recipe(make_recipe(tmp_path))
+    recipe = load_recipe(make_recipe(tmp_path), SMALL_DATA[1::2])
     pace_model, _ = build_eval_model(recipe, weights=merged)  # what `pace eval --weights` runs
     digits = torch.cat([images(16, seed) for seed in range(2)])
     assert max_diff(logits(model, digits), logits(pace_model, digits)) == 0.0
@@ -432,7 +438,7 @@ def test_merged_file_loads_through_timm_pretrained_cfg_overlay(tmp_path):
 
     test_set = build_dataset(recipe, "test")
     result = evaluate(model, make_loader(test_set, 256, shuffle=False), class_names=test_set.classes, split="test")
-    cli = runner.invoke(app, ["eval", str(make_recipe(tmp_path)), "--weights", str(merged), "--json"])
+    cli = runner.invoke(app, ["eval", str(make_recipe(tmp_path)), "--weights", str(merged), "--json", *SMALL_DATA])
     assert cli.exit_code == 0 and json.loads(cli.output)["top1"] == result.top1
 
 
@@ -452,3 +458,19 @@ def load_recipe_text(tmp: Path, text: str):
     path = tmp / "recorded.toml"
     path.write_text(text)
     return load_recipe(path)
+
+
+def test_atomic_dir_is_all_or_nothing(tmp_path):
+    final = tmp_path / "out"
+    with pio.atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (final / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with pio.atomic_dir(final) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("interrupted while writing")
+    assert (final / "a.txt").read_text() == "first"  # the old folder is untouched
+    with pio.atomic_dir(final) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # replaced whole, not mixed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or set-aside folders left
