@@ -474,3 +474,22 @@ def test_atomic_dir_is_all_or_nothing(tmp_path):
         (tmp / "b.txt").write_text("second")
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # replaced whole, not mixed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or set-aside folders left
+
+
+def test_import_reads_a_pickled_peft_folder_without_running_code(tmp_path):
+    adapter = make_adapter(tmp_path)
+    export_peft(adapter, tmp_path / "peft")
+    recipe = load_recipe(make_recipe(tmp_path))
+    import_peft(tmp_path / "peft", tmp_path / "from-safetensors.safetensors", recipe)
+    weights = tmp_path / "peft" / PEFT_WEIGHTS_FILE
+    torch.save(load_file(str(weights)), tmp_path / "peft" / "adapter_model.bin")  # older PEFT's format
+    weights.unlink()
+    import_peft(tmp_path / "peft", tmp_path / "from-bin.safetensors", recipe)
+    a, b = pio.load_tensors(tmp_path / "from-safetensors.safetensors"), pio.load_tensors(tmp_path / "from-bin.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+    torch.save({"weights": load_file(str(tmp_path / "from-bin.safetensors")), "hook": print},
+               tmp_path / "peft" / "adapter_model.bin")  # a pickle that references a callable is refused
+    result = runner.invoke(app, ["import-peft", str(tmp_path / "peft"), "--recipe", str(make_recipe(tmp_path)),
+                                 "-o", str(tmp_path / "x.safetensors")])
+    check_one_line_error(result, "pickled code")
