@@ -387,5 +387,78 @@ def export_base(
     run_guarded(action)
 
 
+# ---------------------------------------------------------------- interop: PEFT and timm (issue 12)
+
+
+@app.command("export")
+def export(
+    adapter: Annotated[Path, typer.Argument(help="A lora_add adapter.safetensors written by `pace train`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (adapter_config.json, "
+                                         "adapter_model.safetensors).")],
+    format_: Annotated[str, typer.Option("--format", help="Target format; 'peft' (Hugging Face PEFT LoRA).")] = "peft",
+    base: Annotated[Optional[str], typer.Option("--base", help="Base weights (.safetensors or builtin:<name>), read "
+                                                "only when the adapter shifts biases; default: the base recorded "
+                                                "in the adapter.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Export even if the base fingerprint differs.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing PEFT adapter folder.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+):
+    """Write a lora_add adapter as a Hugging Face PEFT LoRA that loads without pace installed.
+
+    Example: [bold]pace export runs/qs/adapter.safetensors --format peft -o runs/qs/peft[/]
+    then [bold]PeftModel.from_pretrained(timm_model_with_base_weights, "runs/qs/peft")[/].
+    lora_mul and vpt_add adapters have no exact PEFT form: use [bold]pace merge[/] for those.
+    """
+    def action():
+        from pace_cli.errors import PaceError
+        from pace_cli.export import EXPORT_FORMATS, export_peft
+
+        if format_ not in EXPORT_FORMATS:
+            raise PaceError(f"--format {format_!r} is not supported; choose one of {', '.join(EXPORT_FORMATS)}")
+        report = export_peft(adapter, output, base=base, force=force, overwrite=overwrite)
+        if json_output:
+            print_json({"output": str(report.output), "format": format_, "layers": report.layers,
+                        "rank": report.rank, "bias": report.bias, "head": report.head, "tensors": report.tensors,
+                        "base": report.base, "fingerprint_ok": report.fingerprint_ok})
+            return
+        note = "" if report.fingerprint_ok is not False else " [yellow](fingerprint mismatch ignored: --force)[/]"
+        console.print(f"[green]exported[/] {report.layers} LoRA layers (rank {report.rank}, bias {report.bias!r}, "
+                      f"head {report.head}) to {report.output} in PEFT format{note}", soft_wrap=True)
+
+    run_guarded(action)
+
+
+@app.command("import-peft")
+def import_peft(
+    folder: Annotated[Path, typer.Argument(help="PEFT LoRA folder (adapter_config.json + adapter_model.safetensors).")],
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe whose \\[model] names the timm model and "
+                                         "the base weights the LoRA was trained on.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="pace adapter file to write.")] = Path(
+        "adapter.safetensors"),
+    set_: SetOption = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+):
+    """Turn a PEFT LoRA for a timm model into a pace lora_add adapter that merge, eval and inspect accept.
+
+    Example: [bold]pace import-peft runs/qs/peft --recipe recipes/quickstart.toml -o runs/qs/imported.safetensors[/]
+    """
+    def action():
+        from pace_cli.export import import_peft as run_import
+        from pace_cli.recipe import load_recipe
+
+        report = run_import(folder, output, load_recipe(recipe, set_ or ()), overwrite=overwrite)
+        if json_output:
+            print_json({"output": str(report.output), "layers": report.layers, "rank": report.rank,
+                        "scaling": report.scaling, "bias": report.bias, "bias_layers": report.bias_layers,
+                        "head": report.head, "head_from": report.head_from, "num_classes": report.num_classes})
+            return
+        console.print(f"[green]imported[/] {report.layers} LoRA layers (rank {report.rank}, scaling "
+                      f"{report.scaling:g} folded into lora_B, {report.bias_layers} bias shifts, head from "
+                      f"{report.head_from}) into {report.output}", soft_wrap=True)
+
+    run_guarded(action)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
