@@ -303,6 +303,9 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
             resuming_mid_epoch = saved is not None and epoch == position.epoch and position.batches_done > 0
             # On resume the saved sums are global; rank 0 carries them so the sum over ranks stays right.
             epoch_totals.reset(epoch_sums if resuming_mid_epoch and writer else None)
+            if hasattr(train_set, "set_epoch"):
+                # random crops keyed by (seed, epoch, sample): the same for any worker or process count
+                train_set.set_epoch(epoch)
             if saved is not None and epoch == position.epoch:
                 loader.generator.set_state(loader_state_at_epoch_start)
             loader_state_at_epoch_start = loader.generator.get_state()
