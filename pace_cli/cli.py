@@ -165,6 +165,11 @@ def train(
                                 "(torchrun's --nproc-per-node sets the count)")
             raise typer.Exit(distributed.launch_local(nproc, _argv_without_nproc(), loaded.train.device))
         world = distributed.init_from_environment(loaded.train.device)
+        if world.is_writer:
+            from pace_cli.recipe import ineffective_settings
+
+            for note in ineffective_settings(loaded):
+                err_console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
         logger = RichTrainLogger(quiet=json_output)
         try:
             result = run_training(loaded, output_dir=output_dir, logger=logger, overwrite=overwrite, resume=resume)

@@ -48,6 +48,7 @@ __all__ = [
     "recipe_to_toml",
     "recipe_to_dict",
     "format_validation_error",
+    "ineffective_settings",
     "CHECKPOINT_SUFFIXES",
 ]
 
@@ -157,7 +158,23 @@ SourceName = Literal["imagefolder", "vtab1k", "fewshot", "fgvc", "fashion-mnist"
 # Sources that read files under a root folder, and the keys only some sources read: a key set
 # for a source that ignores it is an error, so a recipe never carries settings that do nothing.
 _ROOTED_SOURCES = ("imagefolder", "vtab1k", "fewshot", "fgvc")
-_SOURCE_ONLY_KEYS = {"image_dir": ("fewshot", "fgvc"), "fewshot_layout": ("fewshot",)}
+_SOURCE_ONLY_KEYS = {"root": _ROOTED_SOURCES + ("fashion-mnist",), "image_dir": ("fewshot", "fgvc"),
+                     "fewshot_layout": ("fewshot",)}
+
+
+# Sources that read [data] seed even without shots (the few-shot list, the crops, the generated set).
+_SEEDED_SOURCES = ("fewshot", "fgvc", "synthetic")
+
+
+def _is_set(section: BaseModel, key: str) -> bool:
+    """Whether the recipe gave ``key`` a value that differs from leaving it out.
+
+    A key written out with its default value changes nothing either way, and pace's own saved
+    recipe.toml writes every key; only a set, non-default value can be a setting that does nothing.
+    """
+    if key not in section.model_fields_set:
+        return False
+    return getattr(section, key) != type(section).model_fields[key].default
 
 
 def _check_source_keys(section: BaseModel, source: str, where: str) -> None:
@@ -222,6 +239,12 @@ class DataSection(_Section):
             raise ValueError("source = 'fewshot' needs shots = k (1, 2, 4, 8 or 16): it picks "
                              "annotations/train_meta.list.num_shot_k.seed_<seed>")
         _check_source_keys(self, self.source, "")
+        for key in ("synthetic_classes", "synthetic_size"):
+            if _is_set(self, key) and self.source != "synthetic":
+                raise ValueError(f"{key} is only read by source = 'synthetic', not {self.source!r}; remove it")
+        if _is_set(self, "seed") and self.shots is None and self.source not in _SEEDED_SOURCES:
+            raise ValueError(f"seed = {self.seed} does nothing for source = {self.source!r} without shots (it "
+                             "seeds the k-shot sampling); set shots or remove seed")
         return self
 
 
@@ -349,6 +372,39 @@ class Recipe(BaseModel):
 
 
 SECTIONS: tuple[str, ...] = tuple(Recipe.model_fields)
+
+# [pace] keys each variant reads; the others are inert for it.
+_VARIANT_KEYS = {
+    "off": (),
+    "pace": ("lambda_", "sigma", "noise_free_blocks"),
+    "fast": ("lambda_", "sigma", "noise_free_blocks"),
+    "lazy": ("lambda_", "sigma", "noise_free_blocks", "lazy_interval"),
+}
+
+
+def ineffective_settings(recipe: Recipe) -> list[str]:
+    """Warnings for set keys that this recipe's other choices make inert, one line each.
+
+    These are warnings, not errors (a key that no data source or model reads is an error, raised
+    when the recipe is validated): a recipe is routinely rerun with one switch flipped, the
+    baseline with ``--set pace.variant=off`` or a final run with ``--set data.val_split=""``, and
+    the tuned settings it carries must not stop that run. They still do nothing, so say so.
+    """
+    notes: list[str] = []
+    p = recipe.pace
+    inert = [name for name in ("lambda_", "sigma", "noise_free_blocks", "lazy_interval")
+             if name not in _VARIANT_KEYS[p.variant] and _is_set(p, name)]
+    if inert:
+        keys = ", ".join(PaceSection.model_fields[n].alias or n for n in inert)
+        uses = {"off": "it adds no noise and no consistency loss",
+                "pace": "lazy_interval is read by variant = 'lazy' only",
+                "fast": "lazy_interval is read by variant = 'lazy' only"}.get(p.variant, "")
+        notes.append(f"[pace] {keys} set but ignored with variant = {p.variant!r} ({uses})")
+    if recipe.data.val_split is None and _is_set(recipe.train, "eval_every"):
+        notes.append("[train] eval_every set but ignored: [data] val_split is empty, so no epoch is evaluated")
+    if recipe.optim.warmup_epochs == 0 and _is_set(recipe.optim, "warmup_start_lr"):
+        notes.append("[optim] warmup_start_lr set but ignored: warmup_epochs = 0, so there is no warm-up")
+    return notes
 
 
 # ---------------------------------------------------------------- loading

@@ -214,6 +214,29 @@ def case_diverging_loss(tmp):
     return train_args(tmp, path), "diverged"
 
 
+# ---- keys that the chosen source would ignore (issue 11): refused, never silently dropped
+
+
+def case_root_for_a_source_without_files(tmp):
+    return train_args(tmp, recipe_with(tmp, 'source = "synthetic"', 'source = "synthetic"\nroot = "data/x"')), "root"
+
+
+def case_synthetic_key_for_another_source(tmp):
+    path = recipe_with(tmp, 'source = "synthetic"', 'source = "digits"')
+    return train_args(tmp, path), "synthetic_classes is only read by source = 'synthetic'"
+
+
+def case_data_seed_without_shots(tmp):
+    text = BASE_RECIPE.replace('source = "synthetic"', 'source = "digits"\nseed = 3')
+    text = text.replace("synthetic_classes = 3\nsynthetic_size = 24\n", "")
+    return train_args(tmp, recipe(tmp, text)), "seed = 3 does nothing"
+
+
+def case_target_root_for_a_source_without_files(tmp):
+    text = BASE_RECIPE + '[[eval.targets]]\nname = "d"\nsource = "digits"\nroot = "x"\nrestrict_logits = false\n'
+    return train_args(tmp, recipe(tmp, text)), "target 'd': root is only read"
+
+
 # ---- interop (pace export / import-peft)
 
 

@@ -141,7 +141,8 @@ def test_missing_files_and_wrong_kinds_of_file(tmp_path):
     result = invoke("train", tmp_path / "nope.toml")
     assert result.exit_code == 2 and "not found" in result.output and "Traceback" not in result.output
     recipe = write_recipe(tmp_path, extra="")
-    recipe.write_text(recipe.read_text().replace('[data]', '[data]\nroot = "/does/not/exist"').replace(
+    text = recipe.read_text().replace("synthetic_classes = 6\n", "").replace("synthetic_size = 48\n", "")
+    recipe.write_text(text.replace('[data]', '[data]\nroot = "/does/not/exist"').replace(
         'source = "synthetic"', 'source = "imagefolder"'))
     result = invoke("train", recipe)
     assert result.exit_code == 2 and "/does/not/exist" in result.output

@@ -56,8 +56,6 @@ std = [0.25, 0.25, 0.25]
 shots = 8
 seed = 3
 num_workers = 2
-synthetic_classes = 5
-synthetic_size = 16
 
 [adapter]
 kind = "lora_add"
@@ -217,6 +215,7 @@ def test_overrides():
             "optim.lr=1e-2",
             "model.pretrained=true",
             "train.device=cpu",
+            "data.source=imagefolder",
             "data.root=/some/where",
             "model.kwargs.depth=2",
             "adapter.targets=[\"qkv\"]",
@@ -288,3 +287,58 @@ def test_fuzz_overrides(overrides):
         parse_recipe(MINIMAL, overrides)
     except PaceError as e:
         assert "\n" not in str(e)
+
+
+# ---- keys with no effect (issue 11): errors for keys no part of the run reads, warnings for switched-off ones
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ('[data]\nsource = "digits"\nroot = "d"', "root is only read by source"),
+    ('[data]\nsource = "synthetic"\nroot = "d"', "root is only read by source"),
+    ('[data]\nsource = "digits"\nsynthetic_size = 8', "synthetic_size is only read by source = 'synthetic'"),
+    ('[data]\nsource = "fashion-mnist"\nsynthetic_classes = 4', "synthetic_classes is only read"),
+    ('[data]\nsource = "digits"\nseed = 2', "seed = 2 does nothing for source = 'digits' without shots"),
+    ('[data]\nsource = "imagefolder"\nroot = "d"\nseed = 1', "seed = 1 does nothing"),
+])
+def test_keys_no_source_reads_are_refused(extra, expected):
+    assert expected in _error('[model]\nname = "vit_tiny_patch16_224"\n' + extra)
+
+
+@pytest.mark.parametrize("extra", [
+    '[data]\nsource = "fashion-mnist"\nroot = "d"',          # optional root: read
+    '[data]\nsource = "digits"\nseed = 2\nshots = 4',        # seed picks the k-shot subset
+    '[data]\nsource = "synthetic"\nseed = 2',                 # seed of the generated set
+    '[data]\nsource = "digits"\nsynthetic_classes = 10\nseed = 0',  # defaults written out change nothing
+])
+def test_keys_that_are_read_are_accepted(extra):
+    parse_recipe('[model]\nname = "vit_tiny_patch16_224"\n' + extra)
+
+
+def test_saved_recipe_of_any_source_loads_again():
+    # recipe_to_toml writes every key; a default written out must never trip the no-effect rule
+    for source in ("digits", "synthetic", "fashion-mnist"):
+        r = parse_recipe(f'[model]\nname = "x"\n[data]\nsource = "{source}"')
+        assert parse_recipe(recipe_to_toml(r)) == r
+
+
+@pytest.mark.parametrize("pace, expected", [
+    ('variant = "off"\nsigma = 1.5\nlambda = 0.5', "[pace] lambda, sigma set but ignored with variant = 'off'"),
+    ('variant = "off"\nnoise_free_blocks = 1', "noise_free_blocks set but ignored"),
+    ('variant = "pace"\nlazy_interval = 4', "lazy_interval set but ignored with variant = 'pace'"),
+    ('variant = "fast"\nlazy_interval = 4', "lazy_interval set but ignored with variant = 'fast'"),
+])
+def test_switched_off_pace_keys_warn(pace, expected):
+    from pace_cli.recipe import ineffective_settings
+
+    notes = ineffective_settings(parse_recipe(MINIMAL + "[pace]\n" + pace))
+    assert len(notes) == 1 and expected in notes[0]
+
+
+def test_no_warning_for_keys_that_are_read():
+    from pace_cli.recipe import ineffective_settings
+
+    for pace in ('variant = "lazy"\nlazy_interval = 4\nsigma = 2.0', 'variant = "off"\nsigma = 1.0\nlambda = 1.0',
+                 'variant = "fast"\nsigma = 0.5\nnoise_free_blocks = 1'):
+        assert ineffective_settings(parse_recipe(MINIMAL + "[pace]\n" + pace)) == []
+    r = parse_recipe(MINIMAL + 'val_split = ""\n[train]\neval_every = 3\n[optim]\nwarmup_epochs = 0\nwarmup_start_lr = 1e-4')
+    assert [n.split()[0] for n in ineffective_settings(r)] == ["[train]", "[optim]"]
