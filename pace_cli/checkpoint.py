@@ -7,6 +7,7 @@ checkpoint from elsewhere cannot run code when loaded.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,17 +97,81 @@ class Checkpoint:
             torch.cuda.set_rng_state_all([self.tensors[k] for k in cuda])
 
 
+def damaged(path: Path, reason: str) -> PaceError:
+    """The one message for a checkpoint that cannot be resumed: which file, what is wrong, what to do."""
+    return PaceError(f"training checkpoint '{path}' is damaged or truncated ({reason}), so this run cannot be "
+                     "resumed; start over with --overwrite instead of --resume (or put back a good copy of the file)")
+
+
+_REQUIRED_TENSORS = ("rng.torch", "rng.loader_epoch_start")
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
-    metadata = io.read_metadata(path)
-    if metadata.get("format") != "pace-checkpoint":
-        raise PaceError(f"'{path}' is not a pace training checkpoint")
+    """Read a checkpoint, checking everything resuming needs; any damage is one :func:`damaged` error."""
     try:
-        position = Position(**json.loads(metadata["position"]))
-        return Checkpoint(io.load_tensors(path), position, json.loads(metadata["epoch_sums"]),
-                          json.loads(metadata["param_groups"]), json.loads(metadata["recipe"]),
-                          json.loads(metadata.get("extra", "{}")))
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
-        raise PaceError(f"training checkpoint '{path}' is damaged ({error}); delete it to start over") from None
+        metadata = io.read_metadata(path)
+    except PaceError as error:
+        raise damaged(path, _reason(error)) from None
+    if metadata.get("format") != "pace-checkpoint":
+        found = metadata.get("format")
+        raise damaged(path, f"format is {found!r}, not 'pace-checkpoint'" if found else "no pace checkpoint metadata")
+    if metadata.get("format_version") != io.FORMAT_VERSION:
+        raise PaceError(f"training checkpoint '{path}' has format version {metadata.get('format_version')!r}; this "
+                        f"pace resumes version {io.FORMAT_VERSION}: finish it with the pace that wrote it, or start "
+                        "over with --overwrite")
+    try:
+        position = Position(**_json(metadata, "position", dict))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position.__dict__.values()):
+            raise ValueError("position holds a negative or non-integer counter")
+        epoch_sums = _json(metadata, "epoch_sums", dict)
+        if not all(isinstance(v, (int, float)) for v in epoch_sums.values()):
+            raise ValueError("epoch_sums holds a non-number")
+        param_groups = _json(metadata, "param_groups", list)
+        if not param_groups or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in param_groups):
+            raise ValueError("param_groups is not a list of optimizer groups")
+        recipe = _json(metadata, "recipe", dict)
+        extra = json.loads(metadata.get("extra", "{}"))
+    except (KeyError, TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
+        raise damaged(path, f"metadata: {error}") from None
+    try:
+        tensors = io.load_tensors(path)
+    except PaceError as error:
+        raise damaged(path, _reason(error)) from None
+    missing = [name for name in _REQUIRED_TENSORS if name not in tensors]
+    if missing or not any(name.startswith("model.") for name in tensors):
+        raise damaged(path, f"tensor {missing[0] if missing else 'model.*'} is missing")
+    for name in _REQUIRED_TENSORS:
+        if tensors[name].dtype != torch.uint8 or tensors[name].dim() != 1:
+            raise damaged(path, f"tensor {name} is not a random-generator state")
+    return Checkpoint(tensors, position, epoch_sums, param_groups, recipe, extra)
+
+
+def _json(metadata: dict[str, str], key: str, kind: type) -> Any:
+    value = json.loads(metadata[key])
+    if not isinstance(value, kind):
+        raise TypeError(f"{key} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _reason(error: PaceError) -> str:
+    """The io layer's own explanation, without its file name and its advice (re-download) that fits no checkpoint."""
+    text = str(error)
+    for marker in ("is not a valid safetensors file: ", ": "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+            break
+    return text.split("; re-create")[0]
+
+
+@contextmanager
+def restoring(path: Path):
+    """Turn a failure while putting a loaded checkpoint's state back into the model into a :func:`damaged` error."""
+    try:
+        yield
+    except PaceError as error:
+        raise damaged(path, " ".join(str(error).split(";")[0].split())) from None
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
+        raise damaged(path, f"{type(error).__name__}: {' '.join(str(error).split())[:160]}") from None
 
 
 def recipe_differences(saved: dict[str, Any], current: Recipe) -> list[str]:

@@ -154,13 +154,13 @@ def train(
     """
     def action():
         from pace_cli import distributed
+        from pace_cli.errors import PaceError
         from pace_cli.recipe import load_recipe
         from pace_cli.train import TrainingInterrupted, train as run_training
 
         loaded = load_recipe(recipe, set_ or ())
         if nproc > 1:
             if distributed.launched_by_torchrun():
-                from pace_cli.errors import PaceError
                 raise PaceError("--nproc starts its own processes; under torchrun, leave it out "
                                 "(torchrun's --nproc-per-node sets the count)")
             raise typer.Exit(distributed.launch_local(nproc, _argv_without_nproc(), loaded.train.device))
@@ -177,6 +177,11 @@ def train(
             if not world.is_writer:
                 raise typer.Exit(stopped.exit_code)  # rank 0 says it once
             raise TrainingInterrupted(str(stopped).replace("RECIPE", str(recipe)), exit_code=stopped.exit_code)
+        except PaceError as error:  # e.g. a full disk: the resume command names this recipe
+            if "pace train RECIPE" not in str(error):
+                raise
+            raise PaceError(str(error).replace("pace train RECIPE", f"pace train {recipe}"),
+                            exit_code=error.exit_code) from None
         finally:
             logger.finish()
         if not world.is_writer:

@@ -241,8 +241,10 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
                             {"format": "pt", PACE_METADATA_KEY: json.dumps(provenance)})
             (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             (tmp / PEFT_CARD_FILE).write_text(_card(adapter, config))
+    except io.WriteError as e:  # raised for a file inside the temporary folder: name the folder the user asked for
+        raise io.write_error(output, OSError(e.errno, e.reason)) from None
     except OSError as e:
-        raise PaceError(f"cannot write '{output}': {e.strerror or e}") from None
+        raise io.write_error(output, e) from None
     return PeftExportReport(output, len(layers), rank, config["bias"], adapter.head_name, len(tensors),
                             str(base_path) if base_path else None, fingerprint_ok)
 

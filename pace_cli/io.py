@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -27,6 +28,9 @@ from pace_cli.errors import PaceError
 
 __all__ = [
     "FORMAT_VERSION",
+    "WriteError",
+    "write_error",
+    "write_text_atomic",
     "atomic_path",
     "atomic_dir",
     "check_can_write",
@@ -75,6 +79,40 @@ _DTYPES: dict[str, tuple[str, int]] = {
 # ---------------------------------------------------------------- writing
 
 
+class WriteError(PaceError):
+    """Writing an output failed (disk full, quota, permissions); nothing half-written was left behind.
+
+    ``reason`` says what went wrong and ``remedy`` what to do, so callers that know more (training
+    knows its last checkpoint) can say it in their own words.
+    """
+
+    def __init__(self, path: Path, reason: str, remedy: str, errno_: int | None):
+        super().__init__(f"{reason} while writing '{path}'; {remedy} and run again")
+        self.path, self.reason, self.remedy, self.errno = Path(path), reason, remedy, errno_
+
+
+_FULL = {errno.ENOSPC: "no space left on device", getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded"}
+
+
+def write_error(path: str | Path, error: OSError) -> WriteError:
+    """One line for a failed write; a full disk is named as such, since that is what the user can fix."""
+    if error.errno in _FULL:
+        return WriteError(Path(path), _FULL[error.errno], "free some space", error.errno)
+    reason = error.strerror or _one_line(error)
+    return WriteError(Path(path), f"write failed ({reason})", "check the folder's permissions and free space",
+                      error.errno)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file under a temporary name and rename it into place; a failure leaves the old file."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; move it into place only if the block succeeds.
@@ -106,12 +144,20 @@ def _current_umask() -> int:
 
 def _fsync(path: Path) -> None:
     # Without this a crash shortly after the rename can leave an empty file under the final name.
-    with contextlib.suppress(OSError):
+    # A file system that cannot sync (EINVAL) is fine; any other failure (ENOSPC and EIO surface
+    # here on network and delayed-allocation file systems) means the data may not be there, so
+    # the file must not replace the previous one.
+    try:
         fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -201,9 +247,19 @@ def save_tensors(
     meta = _encode_metadata(metadata)
     try:
         with atomic_path(path) as tmp:
-            save_file(prepared, str(tmp), metadata=meta)
+            _save_file(prepared, tmp, meta)
     except OSError as e:
-        raise PaceError(f"cannot write '{path}': {e.strerror or e}") from None
+        raise write_error(path, e) from None
+
+
+def _save_file(tensors: dict[str, torch.Tensor], tmp: Path, meta: dict[str, str] | None) -> None:
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+    except SafetensorError as e:
+        # safetensors reports I/O failures of its Rust writer as its own error type: recover the OS error
+        found = re.search(r"os error (\d+)", str(e))
+        code = int(found.group(1)) if found else errno.EIO
+        raise OSError(code, os.strerror(code) if found else _one_line(e)) from None
 
 
 def _encode_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -298,7 +354,7 @@ def save_tensors_streaming(
                 if missing:
                     raise ValueError(f"{len(missing)} declared tensors were never produced (e.g. {missing[0]!r})")
     except OSError as e:
-        raise PaceError(f"cannot write '{path}': {e.strerror or e}") from None
+        raise write_error(path, e) from None
     return data_start + end
 
 

@@ -6,6 +6,7 @@ rate), evaluation, and writing the outputs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -20,13 +21,16 @@ import torch
 
 from pace_cli import artifacts, distributed, io
 from pace_cli.adapters import InjectionReport, adapter_state_dict, load_adapter_state_dict
-from pace_cli.checkpoint import CHECKPOINT_FILE, Checkpoint, Position, load_checkpoint, recipe_differences, save_checkpoint
+from pace_cli.checkpoint import (
+    CHECKPOINT_FILE, Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
+)
 from pace_cli.builders import (
     build_adapted_model, build_dataset, pace_config, resolve_num_classes, timm_kwargs,
 )
 from pace_cli.data import make_loader
 from pace_cli.errors import PaceError
 from pace_cli.evaluate import EvalResult, evaluate
+from pace_cli.lock import output_lock
 from pace_cli.models import base_fingerprints
 from pace_cli.pace import PaceRegularizer, fp_distance
 from pace_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
@@ -87,16 +91,34 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def _metrics_log(path: Path, keep_up_to_step: int | None):
     """Append-only JSON lines; on resume, drop records past the checkpoint (they will be redone)."""
     if keep_up_to_step is not None and path.is_file():
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step]
-        with io.atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
-    with open(path, "a" if keep_up_to_step is not None else "w") as handle:
+        kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= keep_up_to_step]
+        io.write_text_atomic(path, "".join(line + "\n" for line in kept))
+    try:
+        handle = open(path, "a" if keep_up_to_step is not None else "w")
+    except OSError as error:
+        raise io.write_error(path, error) from None
+    with handle:
         def log(record: dict[str, Any]) -> None:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+            end = handle.tell()
+            try:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+            except OSError as error:
+                # cut the torn record off, so the log stays whole lines for --resume
+                with contextlib.suppress(OSError):
+                    handle.truncate(end)
+                raise io.write_error(path, error) from None
 
         yield log
+
+
+def _logged_step(line: str) -> float:
+    """A record's step; a line that is not a whole record (torn by a crash or a full disk) sorts last."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return math.inf
+    return record.get("step", 0) if isinstance(record, dict) and isinstance(record.get("step", 0), int) else math.inf
 
 
 def class_names(dataset, num_classes: int) -> list[str]:
@@ -222,7 +244,24 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
 
     Under torchrun every process calls this; they train one model with DistributedDataParallel,
     each on its share of every global batch, and only rank 0 writes files and reports progress.
+    The writer holds the output folder's lock (:mod:`pace_cli.lock`) for the whole run, so a
+    second run into the same folder is refused at start. A failed write (a full disk) keeps the
+    last checkpoint and says how to continue from it.
     """
+    world = distributed.init_from_environment(recipe.train.device)
+    out = Path(output_dir or recipe.output.dir)
+    with output_lock(out) if world.is_writer else contextlib.nullcontext():
+        try:
+            return _train(recipe, output_dir=out, logger=logger, overwrite=overwrite, resume=resume, stop=stop)
+        except io.WriteError as error:
+            if not (out / CHECKPOINT_FILE).is_file():
+                raise
+            raise PaceError(f"{error.reason} while writing '{error.path}'; the last checkpoint in '{out}' is kept: "
+                            f"{error.remedy} and continue with: pace train RECIPE --resume --output-dir {out}") from None
+
+
+def _train(recipe: Recipe, *, output_dir: Path, logger: TrainLogger | None, overwrite: bool, resume: bool,
+           stop: threading.Event | None) -> TrainResult:
     world = distributed.init_from_environment(recipe.train.device)
     writer = world.is_writer
     logger = (logger or TrainLogger()) if writer else TrainLogger()
@@ -267,16 +306,17 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
     epoch_sums: dict[str, float] | None = None
     loader_state_at_epoch_start = loader.generator.get_state()
     if saved is not None:
-        load_adapter_state_dict(model, saved.model_state())
-        saved.restore_optimizer(optimizer)
-        regularizer.load_state_dict(saved.pace_state())
-        saved.restore_global_rng()
+        with restoring(checkpoint_path):  # a damaged file is named, with the way out, never a traceback
+            load_adapter_state_dict(model, saved.model_state())
+            saved.restore_optimizer(optimizer)
+            regularizer.load_state_dict(saved.pace_state())
+            saved.restore_global_rng()
+            loader.generator.set_state(saved.tensors["rng.loader_epoch_start"])
         position, epoch_sums = saved.position, saved.epoch_sums
         loader_state_at_epoch_start = saved.tensors["rng.loader_epoch_start"]
     if writer:
         out.mkdir(parents=True, exist_ok=True)
-        with io.atomic_path(recipe_path) as tmp:
-            tmp.write_text(recipe_to_toml(recipe))
+        io.write_text_atomic(recipe_path, recipe_to_toml(recipe))
     logger.start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, report=report,
                  device=_describe_device(device, world), train_samples=len(train_set))
 
