@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
+import socket
+import threading
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +45,88 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     return path
 
 
+# The hub probe: one TCP connection with this bound, name lookup included. Without it, a machine
+# without a network spends about a minute in huggingface_hub's retries before failing.
+HUB_PROBE_TIMEOUT_S = 2.0
+_TRUE = ("1", "true", "yes", "on")
+
+
+def offline_variable() -> str | None:
+    """The environment variable that puts the Hugging Face hub offline, if one is set."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in _TRUE:
+            return name
+    return None
+
+
+def hub_address() -> tuple[str, int]:
+    """Where a hub download would connect first: the HTTPS proxy if one is set, else the hub endpoint."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlparse(proxy if proxy else os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return target.hostname or "huggingface.co", target.port or (443 if target.scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub (or the proxy) opens within ``timeout`` seconds.
+
+    The name lookup cannot be given a timeout, so the probe runs in a daemon thread and is
+    abandoned, unfinished, when the time is up.
+    """
+    host, port = hub_address()
+    outcome: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    thread = threading.Thread(target=probe, name="pace-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(outcome and outcome[0])
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Run timm's download with huggingface_hub in offline mode: the cache or an immediate failure."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def _create_pretrained(name: str, **kwargs: Any) -> nn.Module:
+    """timm's hub download, failing at once (not after a minute of retries) when the hub is out of reach.
+
+    Offline (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``, or a probe that cannot connect within
+    HUB_PROBE_TIMEOUT_S) the weights come from the local cache or not at all.
+    """
+    import timm
+
+    variable = offline_variable()
+    if variable is None and hub_reachable():
+        return timm.create_model(name, pretrained=True, **kwargs)
+    why = f"{variable} is set" if variable else "the Hugging Face hub ({}:{}) cannot be reached".format(*hub_address())
+    try:
+        with _hub_offline():
+            return timm.create_model(name, pretrained=True, **kwargs)
+    except OSError as error:  # the hub's "not in the cache" / "offline" errors and urllib's are all OSErrors
+        raise PaceError(
+            f"[model] pretrained = true but {why}, and the weights of {name!r} are not in the local cache "
+            f"({type(error).__name__}); set [model] checkpoint to a local weights file instead (`pace export-base` "
+            "writes one on a machine with a network), or fill the hub cache first"
+        ) from error
+
+
 def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """``timm.create_model`` with its failures turned into one-line errors naming the key."""
     import timm
@@ -53,7 +140,9 @@ def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Mo
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise PaceError(f"[model] name {name!r} is not a timm model{hint}; see `timm.list_models()`")
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        if pretrained:
+            return _create_pretrained(name, **kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as error:
         raise PaceError(f"[model] timm rejected the model arguments {sorted(kwargs)} for {name!r}: {error}") from error
     except (RuntimeError, OSError, ValueError, AssertionError) as error:
