@@ -88,6 +88,12 @@ class Checkpoint:
             if key.startswith("optim."):
                 _, index, slot = key.split(".", 2)
                 state.setdefault(int(index), {})[slot] = value
+        # torch accepts a partial state silently (a parameter would restart its moments): refuse it
+        indices = [i for group in self.param_groups for i in group["params"]]
+        slots = {frozenset(s) for s in state.values()}
+        if state and (len(slots) != 1 or set(state) != set(indices)):
+            lacking = sorted(set(indices) - set(state)) or [i for i, s in state.items() if set(s) != set.union(*map(set, slots))]
+            raise ValueError(f"optimizer state of parameter {lacking[0] if lacking else '?'} is missing or incomplete")
         optimizer.load_state_dict({"state": state, "param_groups": self.param_groups})
 
     def restore_global_rng(self) -> None:
@@ -99,8 +105,8 @@ class Checkpoint:
 
 def damaged(path: Path, reason: str) -> PaceError:
     """The one message for a checkpoint that cannot be resumed: which file, what is wrong, what to do."""
-    return PaceError(f"training checkpoint '{path}' is damaged or truncated ({reason}), so this run cannot be "
-                     "resumed; start over with --overwrite instead of --resume (or put back a good copy of the file)")
+    return PaceError(f"training checkpoint '{path}' is damaged ({reason}), so the run cannot be resumed; "
+                     "start over with --overwrite instead of --resume (or put back a good copy of the file)")
 
 
 _REQUIRED_TENSORS = ("rng.torch", "rng.loader_epoch_start")
@@ -132,7 +138,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         recipe = _json(metadata, "recipe", dict)
         extra = json.loads(metadata.get("extra", "{}"))
     except (KeyError, TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
-        raise damaged(path, f"metadata: {error}") from None
+        raise damaged(path, f"bad metadata: {error}") from None
     try:
         tensors = io.load_tensors(path)
     except PaceError as error:
@@ -171,7 +177,7 @@ def restoring(path: Path):
     except PaceError as error:
         raise damaged(path, " ".join(str(error).split(";")[0].split())) from None
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
-        raise damaged(path, f"{type(error).__name__}: {' '.join(str(error).split())[:160]}") from None
+        raise damaged(path, " ".join(str(error).split())[:160] or type(error).__name__) from None
 
 
 def recipe_differences(saved: dict[str, Any], current: Recipe) -> list[str]:

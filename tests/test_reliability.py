@@ -1,0 +1,443 @@
+"""Never lose work (issue 11): output-folder lock, damaged checkpoints, full disks, an unreachable hub.
+
+Full disks are simulated by raising ``OSError(ENOSPC)`` at the lowest write points pace goes
+through: safetensors' writer, ``os.replace`` (the rename that publishes a file), ``os.fsync`` and
+the metrics log's ``write``. After each, the command must print one line and exit non-zero, the
+previous checkpoint and every existing output must be byte for byte what they were, and no
+temporary file may be left.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from pace_cli import io as pio
+from pace_cli import lock, models
+from pace_cli.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from pace_cli.cli import app
+from pace_cli.errors import PaceError
+
+runner = CliRunner()
+
+RECIPE = """
+[model]
+name = "vit_tiny_patch16_224"
+img_size = 32
+kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
+
+[data]
+source = "synthetic"
+batch_size = 8
+synthetic_classes = 3
+synthetic_size = 16
+
+[adapter]
+kind = "lora_add"
+rank = 2
+
+[train]
+epochs = EPOCHS
+log_every = 1
+"""
+
+
+def write_recipe(tmp: Path, epochs: int = 1) -> Path:
+    path = tmp / "recipe.toml"
+    path.write_text(RECIPE.replace("EPOCHS", str(epochs)))
+    return path
+
+
+def train(tmp: Path, *extra: str, epochs: int = 1):
+    return runner.invoke(app, ["train", str(write_recipe(tmp, epochs)), "-o", str(tmp / "run"), "--json", *extra])
+
+
+def one_error_line(result, *expected: str, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for text in expected:
+        assert text in errors[0], errors[0]
+    return errors[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp" in p.name or ".old-" in p.name)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- the output-folder lock
+
+
+def test_lock_is_taken_and_released(tmp_path):
+    folder = tmp_path / "out"
+    with lock.output_lock(folder) as path:
+        record = json.loads(path.read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+        with pytest.raises(PaceError, match="in use by another pace run .pid"):
+            with lock.output_lock(folder):
+                pass
+        assert path.is_file()  # the refused attempt leaves the holder's lock alone
+    assert not folder.exists()  # created for the lock, still empty: removed again
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("content", [
+    lambda: {"pid": _dead_pid(), "host": socket.gethostname(), "start": None},
+    lambda: {"pid": os.getpid(), "host": socket.gethostname(), "start": "1"},  # a recycled pid: another process
+    lambda: "{not json",  # torn while being written
+])
+def test_stale_lock_is_taken_over(tmp_path, content):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    value = content()
+    (folder / lock.LOCK_FILE).write_text(value if isinstance(value, str) else json.dumps(value))
+    with lock.output_lock(folder) as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists() and folder.is_dir()
+
+
+def test_lock_from_another_host_is_refused_with_the_file_to_delete(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / lock.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere.invalid"}))
+    with pytest.raises(PaceError, match=r"elsewhere\.invalid.*delete .*\.pace-lock"):
+        with lock.output_lock(folder):
+            pass
+
+
+def test_second_run_into_a_busy_folder_is_refused(tmp_path):
+    with lock.output_lock(tmp_path / "run"):
+        result = train(tmp_path)
+        one_error_line(result, "is in use by another pace run", "--output-dir")
+        assert not (tmp_path / "run" / "adapter.safetensors").exists()
+        assert (tmp_path / "run" / lock.LOCK_FILE).is_file()
+    assert train(tmp_path).exit_code == 0  # free again
+    assert not (tmp_path / "run" / lock.LOCK_FILE).exists()
+
+
+def test_a_run_killed_without_cleanup_does_not_block_the_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / lock.LOCK_FILE).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+    result = train(tmp_path)
+    assert result.exit_code == 0, result.output
+    assert not (run / lock.LOCK_FILE).exists()
+
+
+# ---------------------------------------------------------------- damaged checkpoints on --resume
+
+
+def _rewrite(path: Path, *, drop: str | None = None, metadata: dict | None = None) -> None:
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != drop}
+    meta.update(metadata or {})
+    save_file(tensors, str(path), metadata=meta)
+
+
+DAMAGE = {
+    "empty": lambda p: p.write_bytes(b""),
+    "cut_in_length": lambda p: p.write_bytes(p.read_bytes()[:5]),
+    "cut_in_header": lambda p: p.write_bytes(p.read_bytes()[:60]),
+    "cut_in_half": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "cut_at_end": lambda p: p.write_bytes(p.read_bytes()[:-3]),
+    "garbage_header": lambda p: p.write_bytes(b"\x20\x00\x00\x00\x00\x00\x00\x00" + b"{" * 32 + p.read_bytes()[40:]),
+    "random_bytes": lambda p: p.write_bytes(os.urandom(4096)),
+    "wrong_format": lambda p: _rewrite(p, metadata={"format": "pace-adapter"}),
+    "no_metadata": lambda p: save_file({"x": torch.zeros(2)}, str(p)),
+    "missing_rng": lambda p: _rewrite(p, drop="rng.torch"),
+    "missing_optimizer_slot": lambda p: _rewrite(p, drop="optim.0.exp_avg"),
+    "bad_position": lambda p: _rewrite(p, metadata={"position": '{"step": "x"}'}),
+    "bad_json": lambda p: _rewrite(p, metadata={"param_groups": "[{"}),
+    "wrong_rng_tensor": lambda p: _rewrite(p, metadata={}) or _replace_tensor(p, "rng.torch", torch.zeros(3)),
+}
+
+
+def _replace_tensor(path: Path, name: str, value: torch.Tensor) -> None:
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors[name] = value
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A finished one-epoch run whose adapter is removed: its checkpoint is what --resume reads."""
+    tmp = tmp_path_factory.mktemp("resume")
+    assert train(tmp).exit_code == 0
+    (tmp / "run" / "adapter.safetensors").unlink()
+    return tmp, (tmp / "run" / CHECKPOINT_FILE).read_bytes()
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_checkpoint_names_the_file_and_the_way_out(tmp_path, interrupted_run, damage):
+    source, good = interrupted_run
+    (tmp_path / "run").mkdir()
+    checkpoint = tmp_path / "run" / CHECKPOINT_FILE
+    checkpoint.write_bytes(good)
+    DAMAGE[damage](checkpoint)
+    damaged = checkpoint.read_bytes()
+    result = train(tmp_path, "--resume")
+    one_error_line(result, CHECKPOINT_FILE, "--overwrite")
+    assert checkpoint.read_bytes() == damaged  # never replaced by a silent restart
+    assert not (tmp_path / "run" / "adapter.safetensors").exists()
+    # the way out the message gives works
+    assert train(tmp_path, "--overwrite").exit_code == 0
+
+
+def test_good_checkpoint_still_resumes(tmp_path, interrupted_run):
+    _, good = interrupted_run
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / CHECKPOINT_FILE).write_bytes(good)
+    result = train(tmp_path, "--resume")
+    assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------- full disks
+
+
+def _enospc(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _fd_path(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
+class DiskFull:
+    """Fail the chosen low-level write with ENOSPC when it concerns a file whose name contains ``match``.
+
+    ``skip`` lets that many matching calls through first (e.g. the first checkpoint of a run).
+    """
+
+    def __init__(self, monkeypatch, where: str, match: str, skip: int = 0):
+        self.match, self.skip, self.hits = match, skip, 0
+        self.before_failure: dict[str, bytes] = {}
+        if where == "save":  # safetensors' writer, as pio.save_tensors calls it
+            real = pio.save_file
+            monkeypatch.setattr(pio, "save_file", lambda t, name, **kw: self._maybe(name, real, t, name, **kw))
+        elif where == "replace":
+            real = os.replace
+            monkeypatch.setattr(os, "replace", lambda a, b: self._maybe(str(b), real, a, b))
+        elif where == "fsync":
+            real = os.fsync
+            monkeypatch.setattr(os, "fsync", lambda fd: self._maybe(_fd_path(fd), real, fd))
+        elif where == "stream":  # the merge writer's own file writes
+            real_open = open
+
+            def fake_open(name, mode="r", *a, **kw):
+                handle = real_open(name, mode, *a, **kw)
+                if "w" in mode and self.match in str(name) and self._due():
+                    handle.close()
+                    _enospc()
+                return handle
+            monkeypatch.setattr(pio, "open", fake_open, raising=False)
+        else:
+            raise ValueError(where)
+
+    def _due(self) -> bool:
+        self.hits += 1
+        return self.hits > self.skip
+
+    def _maybe(self, name: str, real, *args, **kwargs):
+        if self.match in Path(str(name)).name or self.match in str(name):
+            if self._due():
+                _enospc()
+        return real(*args, **kwargs)
+
+
+@pytest.mark.parametrize("where", ["save", "replace", "fsync"])
+def test_full_disk_while_writing_the_adapter_keeps_the_checkpoint(tmp_path, monkeypatch, where):
+    DiskFull(monkeypatch, where, "adapter.safetensors")
+    result = train(tmp_path)
+    line = one_error_line(result, "no space left on device while writing", "adapter.safetensors", "--resume")
+    assert f"pace train {tmp_path / 'recipe.toml'} --resume" in line
+    run = tmp_path / "run"
+    assert not (run / "adapter.safetensors").exists() and leftovers(tmp_path) == []
+    assert not (run / lock.LOCK_FILE).exists()
+    load_checkpoint(run / CHECKPOINT_FILE)
+    monkeypatch.undo()
+    resumed = train(tmp_path, "--resume")  # the way out the message gives works
+    assert resumed.exit_code == 0, resumed.output and (run / "adapter.safetensors").is_file()
+
+
+@pytest.mark.parametrize("where", ["save", "replace", "fsync"])
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    run = tmp_path / "run"
+    saved: list[bytes] = []
+    real_save = pio.save_tensors
+
+    def remember(path, *a, **kw):  # the bytes of the last good checkpoint, before the failing save
+        if Path(path).name == CHECKPOINT_FILE and Path(path).is_file():
+            saved.append(Path(path).read_bytes())
+        return real_save(path, *a, **kw)
+    monkeypatch.setattr(pio, "save_tensors", remember)
+    DiskFull(monkeypatch, where, CHECKPOINT_FILE, skip=1)  # epoch 1 saves, epoch 2 fails
+    result = train(tmp_path, epochs=2)
+    one_error_line(result, "no space left on device while writing", CHECKPOINT_FILE, "is kept", "--resume")
+    assert (run / CHECKPOINT_FILE).read_bytes() == saved[-1]
+    assert load_checkpoint(run / CHECKPOINT_FILE).position.epoch == 1
+    assert leftovers(tmp_path) == [] and not (run / "adapter.safetensors").exists()
+
+
+def test_full_disk_while_logging_metrics(tmp_path, monkeypatch):
+    import pace_cli.train as train_module
+
+    writes = {"n": 0}
+
+    class Full:
+        """A metrics file whose third record finds the disk full, after writing half of itself."""
+
+        def __init__(self, name, mode):
+            self.inner = open(name, mode)
+
+        def write(self, text):
+            writes["n"] += 1
+            if writes["n"] == 3:
+                self.inner.write(text[: len(text) // 2])
+                _enospc()
+            return self.inner.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+    monkeypatch.setattr(train_module, "open", lambda name, mode="r": Full(name, mode), raising=False)
+    result = train(tmp_path)
+    one_error_line(result, "no space left on device while writing", "metrics.jsonl")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line) for line in lines)  # the torn record was cut off
+    assert leftovers(tmp_path) == [] and not (tmp_path / "run" / "adapter.safetensors").exists()
+
+
+def test_full_disk_at_the_start_leaves_nothing(tmp_path, monkeypatch):
+    DiskFull(monkeypatch, "replace", "recipe.toml")
+    result = train(tmp_path)
+    one_error_line(result, "no space left on device while writing", "recipe.toml", "free some space")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lora")
+    assert train(tmp).exit_code == 0
+    base = tmp / "base.safetensors"
+    assert runner.invoke(app, ["export-base", str(tmp / "recipe.toml"), "-o", str(base)]).exit_code == 0
+    return tmp / "run" / "adapter.safetensors", base
+
+
+@pytest.mark.parametrize("where", ["stream", "replace", "fsync"])
+def test_full_disk_while_merging_keeps_the_old_output(tmp_path, monkeypatch, lora_run, where):
+    adapter, base = lora_run
+    out = tmp_path / "merged.safetensors"
+    out.write_bytes(b"the previous merge")
+    DiskFull(monkeypatch, where, "merged.safetensors")
+    result = runner.invoke(app, ["merge", str(base), str(adapter), "-o", str(out), "--overwrite"])
+    one_error_line(result, "no space left on device while writing", "merged.safetensors")
+    assert out.read_bytes() == b"the previous merge" and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["save", "replace", "fsync"])
+def test_full_disk_while_exporting_keeps_the_old_folder(tmp_path, monkeypatch, lora_run, where):
+    adapter, base = lora_run
+    out = tmp_path / "peft"
+    assert runner.invoke(app, ["export", str(adapter), "-o", str(out), "--base", str(base)]).exit_code == 0
+    before = snapshot(out)
+    DiskFull(monkeypatch, where, "adapter_model.safetensors" if where != "replace" else "peft")
+    result = runner.invoke(app, ["export", str(adapter), "-o", str(out), "--base", str(base), "--overwrite"])
+    one_error_line(result, "no space left on device while writing", str(out))
+    assert snapshot(out) == before and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["export-base", "import-peft"])
+def test_full_disk_for_the_other_tensor_writers(tmp_path, monkeypatch, lora_run, command):
+    adapter, base = lora_run
+    recipe = write_recipe(tmp_path)
+    out = tmp_path / "out.safetensors"
+    if command == "export-base":
+        argv = ["export-base", str(recipe), "-o", str(out)]
+    else:
+        peft = tmp_path / "peft"
+        assert runner.invoke(app, ["export", str(adapter), "-o", str(peft), "--base", str(base)]).exit_code == 0
+        argv = ["import-peft", str(peft), "--recipe", str(recipe), "-o", str(out)]
+    DiskFull(monkeypatch, "save", "out.safetensors")
+    one_error_line(runner.invoke(app, argv), "no space left on device while writing", "out.safetensors")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_safetensors_io_errors_become_os_errors(tmp_path):
+    # safetensors reports its writer's I/O failures as SafetensorError; they must read as write failures
+    with pytest.raises(pio.WriteError, match="while writing"):
+        pio.save_tensors(tmp_path / "no" / "such" / "dir" / "x.safetensors", {"x": torch.zeros(1)})
+
+
+# ---------------------------------------------------------------- an unreachable hub
+
+
+PRETRAINED = ["--set", "model.pretrained=true"]
+
+
+def _no_network(monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("pace opened a network connection")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_offline_variable_fails_at_once_without_network(tmp_path, monkeypatch, variable):
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.setattr(models, "hub_reachable", lambda *a: pytest.fail("probed the hub although offline was set"))
+    _no_network(monkeypatch)
+    result = train(tmp_path, *PRETRAINED)
+    one_error_line(result, f"{variable} is set", "[model] checkpoint")
+
+
+def test_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "hub_reachable", lambda *a: False)
+    _no_network(monkeypatch)
+    result = train(tmp_path, *PRETRAINED)
+    one_error_line(result, "cannot be reached", "not in the local cache", "[model] checkpoint")
+
+
+def test_hub_probe_is_bounded(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://10.255.255.1")  # unroutable: connect would hang
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    started = time.perf_counter()
+    models.hub_reachable(timeout=0.5)
+    assert time.perf_counter() - started < 2.0
+    assert models.hub_address() == ("10.255.255.1", 443)
