@@ -2,6 +2,7 @@
 
     python scripts/error_catalogue.py > docs/errors.md
 """
+import contextlib
 import importlib.util
 import re
 import sys
@@ -39,7 +40,8 @@ for old, new, key in [("[adapter]\nrank = 2", "[adapter]\nrank = 0", "rank"),
 for name, fn in rows:
     with tempfile.TemporaryDirectory() as tmp:
         argv, _ = fn(Path(tmp))
-        result = cases.runner.invoke(cases.app, argv)
+        with cases.FAULTS.get(name, contextlib.nullcontext)():  # e.g. a full disk, simulated
+            result = cases.runner.invoke(cases.app, argv)
         command = "pace " + argv[0]
         message = shown(result.output, tmp).replace("|", "\\|")
         print(f"| {name.replace('_', ' ')} | `{command}` | {result.exit_code} | {message} |")

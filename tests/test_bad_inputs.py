@@ -4,7 +4,11 @@ The cases double as the catalogue in docs/errors.md (`python scripts/error_catal
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -237,6 +241,81 @@ def case_target_root_for_a_source_without_files(tmp):
     return train_args(tmp, recipe(tmp, text)), "target 'd': root is only read"
 
 
+# ---- never lose work (issue 11): damaged checkpoints, busy folders, full disks, no network
+
+
+def case_damaged_checkpoint_on_resume(tmp):
+    path = recipe(tmp)
+    assert runner.invoke(app, train_args(tmp, path)).exit_code == 0
+    (tmp / "run" / "adapter.safetensors").unlink()  # as if stopped before the end
+    checkpoint = tmp / "run" / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-64])
+    return train_args(tmp, path) + ["--resume"], "--overwrite"
+
+
+def case_output_folder_in_use(tmp):
+    (tmp / "run").mkdir()
+    # a live owner on this host: the test process itself
+    (tmp / "run" / ".pace-lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                         "since": "2026-01-01 00:00:00 UTC"}))
+    return train_args(tmp, recipe(tmp)), "in use by another pace run"
+
+
+def case_disk_full_writing_the_adapter(tmp):
+    return train_args(tmp, recipe(tmp)), "no space left on device"
+
+
+def case_disk_full_merging(tmp):
+    adapter, base = trained_adapter(tmp)
+    return ["merge", str(base), str(adapter), "-o", str(tmp / "merged.safetensors")], "no space left on device"
+
+
+def case_pretrained_weights_offline(tmp):
+    path = recipe_with(tmp, "img_size = 32", "img_size = 32\npretrained = true")
+    return train_args(tmp, path), "HF_HUB_OFFLINE is set"
+
+
+@contextlib.contextmanager
+def _full_disk(name: str):
+    """safetensors' writer and the streaming writer's files find the disk full for outputs called ``name``."""
+    import pace_cli.io as pio
+
+    def full(path):
+        if Path(str(path)).name.startswith(f".{name}.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_save, real_open = pio.save_file, open
+    pio.save_file = lambda tensors, path, **kw: (full(path), real_save(tensors, path, **kw))[1]
+    pio.open = lambda path, *a, **kw: (full(path), real_open(path, *a, **kw))[1]
+    try:
+        yield
+    finally:
+        pio.save_file = real_save
+        del pio.open
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# Conditions a case's command runs under (the catalogue script uses them too).
+FAULTS = {
+    "disk_full_writing_the_adapter": lambda: _full_disk("adapter.safetensors"),
+    "disk_full_merging": lambda: _full_disk("merged.safetensors"),
+    "pretrained_weights_offline": lambda: _env(HF_HUB_OFFLINE="1"),
+}
+
+
 # ---- interop (pace export / import-peft)
 
 
@@ -281,6 +360,8 @@ def case_import_peft_target_not_in_model(tmp):
 
 CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 EXIT_CODES = {"diverging_loss": 3}
+# Failures late in a run keep its last checkpoint, on purpose: --resume continues from it.
+KEEP_CHECKPOINT = {"diverging_loss", "disk_full_writing_the_adapter"}
 
 
 def check_clean_failure(result, expected: str, code: int = 2):
@@ -296,10 +377,12 @@ def check_clean_failure(result, expected: str, code: int = 2):
 def test_bad_input_is_one_clean_line(tmp_path, name):
     argv, expected = CASES[name](tmp_path)
     before = {p for p in tmp_path.rglob("*")}
-    result = runner.invoke(app, argv)
+    with FAULTS.get(name, contextlib.nullcontext)():
+        result = runner.invoke(app, argv)
     check_clean_failure(result, expected, EXIT_CODES.get(name, 2))
-    if name != "diverging_loss":
-        created = {p for p in tmp_path.rglob("*")} - before
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert not any(".tmp-" in p.name for p in created), created
+    if name not in KEEP_CHECKPOINT:
         assert not any(p.suffix == ".safetensors" for p in created), created
     else:
         assert not (tmp_path / "run" / "adapter.safetensors").exists()
