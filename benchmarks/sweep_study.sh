@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Sweep study on the shipped quick start (digits, k = 2 and 8): PACE's λ × σ grid and the
+# adapter baseline (`pace.variant=off`) swept over lr the same way, 3 seeds, `--final`
+# (best setting retrained on train + val, scored on test), then the report images.
+#
+#   benchmarks/sweep_study.sh            # the reduced study committed in benchmarks/sweep_results
+#   FULL=1 benchmarks/sweep_study.sh     # the issue's full grid (~180 PACE runs + 90 baseline runs)
+#   benchmarks/sweep_study.sh sweep      # only the runs;  ... report: only the tables and images
+#
+# Runs go to $SWEEP_ROOT (default runs/sweep_study, not committed); the tables and images are
+# copied into benchmarks/sweep_results. Rerunning skips finished runs; after Ctrl-C add
+# RESUME=--resume. Both k run at once, one torch thread each (2 cores here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACE=${PACE:-"python -m pace_cli.cli"}
+SWEEP_ROOT=${SWEEP_ROOT:-runs/sweep_study}
+RESULTS=benchmarks/sweep_results
+SEEDS=0,1,2
+RESUME=${RESUME:-}
+# PACE at the lr study 3 of ACCURACY.md chose for it at most k; the baseline gets the lr axis.
+PACE_LR=2e-2
+if [[ ${FULL:-0} == 1 ]]; then
+  LAMBDAS=0.02,0.05,0.1,0.2,0.5,1      # the paper's grid (docs/pace-method.md)
+  SIGMAS=0.1,0.5,1,1.5,2
+  BASE_GRID=(--grid optim.lr=2e-3,5e-3,1e-2,2e-2,4e-2 --grid optim.weight_decay=1e-4,1e-2,1e-1)
+  EPOCHS=30
+else
+  LAMBDAS=0.1,0.5,1
+  SIGMAS=0.5,1,1.5
+  BASE_GRID=(--grid optim.lr=5e-3,1e-2,2e-2,4e-2)
+  EPOCHS=30
+fi
+
+study() {  # one k: the PACE sweep, then the baseline sweep
+  local k=$1
+  $PACE sweep recipes/quickstart.toml -o "$SWEEP_ROOT/k$k/pace" --seeds $SEEDS --final $RESUME \
+    --set data.shots=$k --set train.epochs=$EPOCHS --set optim.lr=$PACE_LR \
+    --grid pace.lambda=$LAMBDAS --grid pace.sigma=$SIGMAS
+  $PACE sweep recipes/quickstart.toml -o "$SWEEP_ROOT/k$k/off" --seeds $SEEDS --final $RESUME \
+    --set data.shots=$k --set train.epochs=$EPOCHS --set pace.variant=off "${BASE_GRID[@]}"
+}
+
+export OMP_NUM_THREADS=1 COLUMNS=${COLUMNS:-120}
+STAGE=${1:-all}
+if [[ $STAGE == all || $STAGE == sweep ]]; then
+  mkdir -p "$SWEEP_ROOT"
+  start=$(date -u +%FT%TZ)
+  study 2 > "$SWEEP_ROOT/k2.log" 2>&1 &
+  k2=$!
+  study 8 > "$SWEEP_ROOT/k8.log" 2>&1
+  wait $k2
+  echo "study: $start to $(date -u +%FT%TZ)" | tee "$SWEEP_ROOT/times.txt"
+fi
+[[ $STAGE == sweep ]] && exit 0
+
+mkdir -p "$RESULTS"
+for k in 2 8; do
+  for arm in pace off; do
+    mkdir -p "$RESULTS/k$k/$arm"
+    cp "$SWEEP_ROOT/k$k/$arm/sweep.csv" "$SWEEP_ROOT/k$k/$arm/sweep.json" "$RESULTS/k$k/$arm/"
+  done
+  cp "$SWEEP_ROOT/k$k.log" "$RESULTS/k$k.log"
+  # Curves of the two chosen settings' final runs (seed 0) and the PACE λ × σ heat map.
+  $PACE report "$SWEEP_ROOT/k$k/off/final/"*_seed-0 "$SWEEP_ROOT/k$k/pace/final/"*_seed-0 \
+    --label off --label pace -o "$RESULTS/k$k-curves.png" --overwrite
+  $PACE report "$SWEEP_ROOT/k$k/pace" -o "$RESULTS/k$k-heatmap.png" --overwrite
+done
+python benchmarks/sweep_compare.py "$RESULTS" > "$RESULTS/comparison.md"
+cat "$RESULTS/comparison.md"
