@@ -227,3 +227,23 @@ def test_sweep_command(recipe, tmp_path):
     assert typo.exit_code == 2
     assert "bad --grid pace.sigmaa=1: unknown key [pace] sigmaa" in typo.output
     assert len(typo.output.strip().splitlines()) == 1
+
+
+def test_stop_during_a_runs_last_evaluation_stops_the_sweep_before_the_next_run(recipe, tmp_path):
+    stop = threading.Event()
+
+    class StopAfterLastEpoch(SweepLogger):
+        def train_logger(self, run):
+            class Stopper(TrainLogger):
+                def epoch(self, record):
+                    if record["epoch"] == 2:  # the run's last epoch: no step boundary is left to notice it
+                        stop.set()
+            return Stopper()
+
+    plan = plan_sweep(recipe, tmp_path / "sweep", grid=["pace.lambda=0.1,1"], seeds=[0])
+    with pytest.raises(TrainingInterrupted, match="after 1 runs") as info:
+        run_sweep(plan, logger=StopAfterLastEpoch(), stop=stop)
+    assert info.value.exit_code == 130
+    assert (tmp_path / "sweep" / "runs" / "lambda-0.1_seed-0" / "adapter.safetensors").is_file()
+    assert not (tmp_path / "sweep" / "runs" / "lambda-1_seed-0").exists()
+    assert [o.status for o in run_sweep(plan, resume=True).runs] == ["skipped", "trained"]
