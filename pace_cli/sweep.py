@@ -302,6 +302,7 @@ class SweepResult:
     recipe: str
     axes: list[GridAxis]
     seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
     runs: list[RunOutcome] = field(default_factory=list)
     ranking: list[SettingScore] = field(default_factory=list)
     complete: bool = False
@@ -318,7 +319,8 @@ class SweepResult:
         tests = [o.test_top1 for o in self.final_runs if o.test_top1 is not None]
         return {
             "sweep_dir": str(self.sweep_dir), "recipe": self.recipe, "complete": self.complete,
-            "grid": {axis.key: list(axis.values) for axis in self.axes}, "seeds": self.seeds,
+            "overrides": self.overrides, "grid": {axis.key: list(axis.values) for axis in self.axes},
+            "seeds": self.seeds,
             "ranking": [asdict(score) for score in self.ranking],
             "best": asdict(self.best) if self.best else None,
             "final_test_top1_mean": sum(tests) / len(tests) if tests else None,
@@ -446,7 +448,7 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
     # One event for the whole sweep: a Ctrl-C that lands while a run evaluates its last epoch
     # lets that run finish, and must still stop the sweep before the next run starts.
     stop = stop or threading.Event()
-    result = SweepResult(plan.sweep_dir, str(plan.recipe_path), plan.axes, plan.seeds)
+    result = SweepResult(plan.sweep_dir, str(plan.recipe_path), plan.axes, plan.seeds, list(plan.overrides))
     total = len(plan.runs) + (len(plan.seeds) if plan.final else 0)
     logger.start(runs=total, settings=len(plan.settings), seeds=len(plan.seeds))
 
