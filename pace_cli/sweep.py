@@ -407,9 +407,8 @@ def _execute(run: PlannedRun, *, resume: bool, logger: SweepLogger, stop: thread
         if interrupted and not resume:
             raise PaceError(f"run '{run.run_dir}' was interrupted; add --resume to continue it from its checkpoint "
                             "(or delete the folder to start it over)")
-        # A folder left without a checkpoint (stopped before its first save) is started over.
-        train(run.recipe, output_dir=run.run_dir, logger=logger.train_logger(run), overwrite=not interrupted,
-              resume=interrupted, stop=stop)
+        # A folder left without a checkpoint (stopped before its first save) is simply started over.
+        train(run.recipe, output_dir=run.run_dir, logger=logger.train_logger(run), resume=interrupted, stop=stop)
         outcome.status = "resumed" if interrupted else "trained"
     if run.phase == "grid":
         outcome.val_top1, outcome.val_loss = _last_validation(run.run_dir / METRICS_FILE)
