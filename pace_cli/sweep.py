@@ -152,6 +152,11 @@ def grid_settings(axes: Sequence[GridAxis]) -> list[Setting]:
         settings.append(Setting(
             index=index, name=name or "base", values={axis.key: axis.values[i] for axis, i in chosen},
             overrides=tuple(f"{axis.key}={axis.texts[i]}" for axis, i in chosen)))
+    names = [s.name for s in settings]
+    clash = next((name for name in names if names.count(name) > 1), None)
+    if clash:
+        raise PaceError(f"two grid settings would share the run folder name '{clash}'; write the values of "
+                        "--grid so they differ in letters, digits, '.', '+' or '-'")
     return settings
 
 

@@ -247,3 +247,8 @@ def test_stop_during_a_runs_last_evaluation_stops_the_sweep_before_the_next_run(
     assert (tmp_path / "sweep" / "runs" / "lambda-0.1_seed-0" / "adapter.safetensors").is_file()
     assert not (tmp_path / "sweep" / "runs" / "lambda-1_seed-0").exists()
     assert [o.status for o in run_sweep(plan, resume=True).runs] == ["skipped", "trained"]
+
+
+def test_settings_that_would_share_a_folder_are_refused():
+    with pytest.raises(PaceError, match="share the run folder name"):
+        grid_settings(parse_grid(['output.dir="a b","a_b"']))
