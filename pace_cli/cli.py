@@ -455,7 +455,7 @@ def sweep(
         "--grid", "-g", metavar="SECTION.KEY=V1,V2,...",
         help="A recipe key and its values (repeatable; the grid is every combination; keys validated like --set).")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated; each sets train.seed and data.seed.")] = "0",
-    final: Annotated[bool, typer.Option("--final", help="Retrain the best setting on [data] trainval_split with every "
+    final: Annotated[bool, typer.Option("--final", help="Retrain the best setting on \\[data] trainval_split with every "
                                         "seed and score it on the test split.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their checkpoints.")] = False,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Sweep folder (one run folder per setting and seed).")] = Path("runs/sweep"),
