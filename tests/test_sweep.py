@@ -252,3 +252,13 @@ def test_stop_during_a_runs_last_evaluation_stops_the_sweep_before_the_next_run(
 def test_settings_that_would_share_a_folder_are_refused():
     with pytest.raises(PaceError, match="share the run folder name"):
         grid_settings(parse_grid(['output.dir="a b","a_b"']))
+
+
+def test_only_the_writer_writes_sweep_tables(recipe, tmp_path, monkeypatch):
+    import pace_cli.sweep as sweep_module
+    from pace_cli.sweep import SweepResult, write_tables
+
+    assert sweep_module._is_writer()  # one process, no process group: the writer
+    monkeypatch.setattr(sweep_module, "_is_writer", lambda: False)  # what a rank other than 0 answers
+    write_tables(SweepResult(tmp_path / "sweep", str(recipe), [], [0]))
+    assert not (tmp_path / "sweep").exists()
