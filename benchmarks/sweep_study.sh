@@ -65,10 +65,14 @@ for k in 2 8; do
     cp "$SWEEP_ROOT/k$k/$arm/sweep.csv" "$SWEEP_ROOT/k$k/$arm/sweep.json" "$RESULTS/k$k/$arm/"
   done
   cp "$SWEEP_ROOT/k$k.log" "$RESULTS/k$k.log"
-  # Curves of the two chosen settings' final runs (seed 0) and the PACE λ × σ heat map.
-  $PACE report "$SWEEP_ROOT/k$k/off/final/"*_seed-0 "$SWEEP_ROOT/k$k/pace/final/"*_seed-0 \
-    --label off --label pace -o "$RESULTS/k$k-curves.png" --overwrite
-  $PACE report "$SWEEP_ROOT/k$k/pace" -o "$RESULTS/k$k-heatmap.png" --overwrite
+  # One image per k: the curves of the two chosen settings' final runs (seed 0), overlaid, and
+  # the PACE λ × σ heat map. The final folder may also hold finals of a setting that was best
+  # before the grid grew, so the best is read from sweep.json.
+  best_off=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['best']['setting'])" "$SWEEP_ROOT/k$k/off/sweep.json")
+  best_pace=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['best']['setting'])" "$SWEEP_ROOT/k$k/pace/sweep.json")
+  $PACE report "$SWEEP_ROOT/k$k/off/final/${best_off}_seed-0" "$SWEEP_ROOT/k$k/pace/final/${best_pace}_seed-0" \
+    "$SWEEP_ROOT/k$k/pace" --label "off ($best_off)" --label "pace ($best_pace)" --label "pace sweep, k = $k" \
+    -o "$RESULTS/k$k-report.png" --overwrite
 done
 python benchmarks/sweep_compare.py "$RESULTS" > "$RESULTS/comparison.md"
 cat "$RESULTS/comparison.md"

@@ -159,7 +159,7 @@ def write_report(folders: Sequence[str | Path], output: str | Path, *, labels: S
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    columns = 4
+    columns = 4 if runs else min(4, len(sweeps))
     curve_rows = math.ceil(len(CURVES) / columns) if runs else 0
     sweep_rows = math.ceil(len(sweeps) / columns)
     figure = plt.figure(figsize=(4.2 * columns, 3.3 * (curve_rows + sweep_rows)), dpi=dpi)
@@ -172,6 +172,10 @@ def write_report(folders: Sequence[str | Path], output: str | Path, *, labels: S
                 if points:
                     epochs, values = zip(*points)
                     axes.plot(epochs, values, marker="o" if len(points) < 12 else None, markersize=3, label=run.label)
+            if not any(run.epochs.get(key) for run in runs):
+                # e.g. validation in runs trained on train + val: say so rather than draw empty axes
+                axes.text(0.5, 0.5, f"no {key} in these runs", ha="center", va="center", transform=axes.transAxes,
+                          fontsize=9, color="gray")
             if log and any(v > 0 for run in runs for _, v in run.epochs.get(key, [])):
                 axes.set_yscale("log")
             axes.set_title(title, fontsize=10)
