@@ -165,7 +165,12 @@ def _build_on_meta(recipe: Recipe, num_classes: int) -> nn.Module:
     """The recipe's timm model with shapes only: parameters on the meta device take no memory."""
     from pace_cli.builders import build_base_model
 
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            return build_base_model(recipe, num_classes, load_weights=False)
+    except (PaceError, RuntimeError, NotImplementedError):
+        # A few timm models read tensor values while initialising, which meta tensors cannot give;
+        # build those for real (a real error then shows up again, from the real build).
         return build_base_model(recipe, num_classes, load_weights=False)
 
 
@@ -179,7 +184,7 @@ def _inject(report: CheckReport, recipe: Recipe, model: nn.Module):
     matched = [_collect(report, lambda: find_target_layers(model, [pattern], head)) for pattern in config.targets]
     if any(layers is None for layers in matched):
         return None
-    with torch.device("meta"):
+    with torch.device(next(model.parameters()).device):
         return _collect(report, lambda: inject_adapters(model, config, num_classes=report.num_classes))
 
 
@@ -253,9 +258,12 @@ def _plan(report: CheckReport, recipe: Recipe, train_set, model: nn.Module, inje
         report.total_steps = report.steps_per_epoch * recipe.train.epochs
     batch = report.batch_size or recipe.data.batch_size
     channels = recipe.model.in_chans or 3
-    report.memory = _collect(report, lambda: estimate_memory(model, injection, (channels, image_size(recipe),
-                                                                                image_size(recipe)),
-                                                             batch, p.variant, recipe.train.precision))
+    shape = (channels, image_size(recipe), image_size(recipe))
+    try:
+        report.memory = estimate_memory(model, injection, shape, batch, p.variant, recipe.train.precision)
+    except (RuntimeError, NotImplementedError) as error:  # an operation without a meta implementation
+        report.notes.append(f"no memory estimate: {type(error).__name__} tracing the model on the meta device "
+                            f"({' '.join(str(error).split())[:120]})")
 
 
 def saved_activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> int:
@@ -273,8 +281,9 @@ def saved_activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch
         return tensor
 
     model.train()
+    device = next(model.parameters()).device
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(torch.zeros(batch, *input_shape, device="meta"))
+        model(torch.zeros(batch, *input_shape, device=device))
     return sum(t.numel() * t.element_size() for t in saved.values())
 
 
@@ -298,7 +307,7 @@ def estimate_memory(model: nn.Module, injection, input_shape: tuple[int, ...], b
         activations //= 2
     weights = (injection.total_parameters * _BYTES_PER_WEIGHT
                + injection.trainable_parameters * _BYTES_PER_TRAINABLE_EXTRA)
-    how = ("activations autograd saves for backward, traced on the meta device for 1 and 2 images and scaled to "
+    how = ("activations autograd saves for backward, traced (on the meta device: no memory) for 1 and 2 images, scaled to "
            f"{images} images per step ({'2 x ' if images != batch else ''}batch {batch}"
            f"{', two noisy copies per image' if images != batch else ''})"
            f"{', halved for ' + precision + ' autocast' if precision != 'fp32' else ''}; plus fp32 weights and, "
