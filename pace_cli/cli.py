@@ -458,7 +458,8 @@ def sweep(
     final: Annotated[bool, typer.Option("--final", help="Retrain the best setting on \\[data] trainval_split with every "
                                         "seed and score it on the test split.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their checkpoints.")] = False,
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Sweep folder (one run folder per setting and seed).")] = Path("runs/sweep"),
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
+                                             help="Sweep folder (one run folder per setting and seed).")] = Path("runs/sweep"),
     set_: SetOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print sweep.json's content instead of tables.")] = False,
 ):
