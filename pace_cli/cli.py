@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -466,6 +465,213 @@ def import_peft(
         console.print(f"[green]imported[/] {report.layers} LoRA layers (rank {report.rank}, scaling "
                       f"{report.scaling:g} folded into lora_B, {report.bias_layers} bias shifts, head from "
                       f"{report.head_from}) into {report.output}", soft_wrap=True)
+
+    run_guarded(action)
+
+
+# ---------------------------------------------------------------- check, sweep, report
+
+
+def _percent(value) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def render_check(report) -> None:
+    table = Table(title=f"pace check {report.recipe}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for split in report.splits:
+        counts = sorted(split.per_class.values())
+        spread = f"{counts[0]}" if counts and counts[0] == counts[-1] else (f"{counts[0]}–{counts[-1]}" if counts else "0")
+        table.add_row(f"{split.role} split", f"'{split.split}': {split.samples} images, {len(split.per_class)} classes "
+                      f"({spread} per class)")
+    if report.model:
+        table.add_row("model", f"{report.model}, {report.num_classes} classes")
+    if report.adapted_layers is not None:
+        share = 100 * report.trainable_parameters / max(1, report.total_parameters)
+        table.add_row("adapters", f"{report.adapted_layers} layers; {report.trainable_parameters:,} trainable / "
+                      f"{report.total_parameters:,} parameters ({share:.2f}%)")
+    if report.sigma_per_block:
+        table.add_row("σ per block", ", ".join(f"{block} {sigma:.3g}" for block, sigma in report.sigma_per_block.items()))
+    if report.steps_per_epoch is not None:
+        table.add_row("steps", f"{report.steps_per_epoch} per epoch (batch {report.batch_size}), {report.total_steps} in all")
+    if report.memory:
+        from pace_cli.io import human_size
+
+        m = report.memory
+        table.add_row("memory / step", f"~{human_size(m.total_bytes)}: activations {human_size(m.activation_bytes)} "
+                      f"({human_size(m.activation_bytes_per_image)} per image x {m.images_per_step}), weights + grads + "
+                      f"AdamW {human_size(m.weight_bytes)}")
+        table.add_row("", f"[dim]{escape(m.how)}[/]")
+    for note in report.notes:
+        table.add_row("note", escape(note))
+    console.print(table)
+    for problem in report.problems:
+        err_console.print(f"[bold red]problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+    if report.ok:
+        console.print("[green]ok[/]: ready to train")
+    else:
+        count = len(report.problems)
+        err_console.print(f"[bold red]error:[/] {count} problem{'s' if count > 1 else ''} in {escape(report.recipe)}; "
+                          "fix them and check again", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def check(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file to check.")],
+    set_: SetOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (ok, problems, splits, plan).")] = False,
+):
+    """Check a recipe without training, in seconds and without a GPU: data, model, targets, checkpoint, plan.
+
+    Example: [bold]pace check recipes/quickstart.toml --set data.shots=2[/]
+
+    Lists every problem found (exit 2 if any), then the plan: trainable parameters, σ per block, steps and
+    an estimate of the memory one training step needs.
+    """
+    def action():
+        from pace_cli.check import check_recipe
+
+        report = check_recipe(recipe, set_ or ())
+        if json_output:
+            print_json(report.to_dict())
+        else:
+            render_check(report)
+        if not report.ok:
+            raise typer.Exit(2)
+
+    run_guarded(action)
+
+
+class RichSweepLogger:
+    """One line per finished run, with a progress bar over the whole sweep."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task = None
+
+    def start(self, *, runs, settings, seeds):
+        if self.quiet:
+            return
+        console.print(f"[bold]pace sweep[/]: {settings} settings x {seeds} seeds, {runs} runs", soft_wrap=True)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        self.progress.start()
+        self.task = self.progress.add_task("sweep", total=runs)
+
+    def run_start(self, run, number, total):
+        if self.progress:
+            self.progress.update(self.task, description=f"{run.phase} {run.setting.name} seed {run.seed}")
+
+    def train_logger(self, run):
+        return None
+
+    def run_end(self, outcome):
+        if not self.progress:
+            return
+        score = (f"val top-1 {_percent(outcome.val_top1)}" if outcome.phase == "grid"
+                 else f"test top-1 {_percent(outcome.test_top1)}")
+        self.progress.console.print(f"{outcome.status:8} {outcome.phase} {outcome.setting} seed {outcome.seed}: "
+                                    f"{score} ({outcome.seconds:.1f}s)", soft_wrap=True, highlight=False)
+        self.progress.advance(self.task)
+
+    def finish(self):
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
+
+def render_sweep(result) -> None:
+    keys = [axis.key for axis in result.axes]
+    table = Table(title=f"sweep {result.sweep_dir}: settings by mean validation top-1 over seeds")
+    for name in ("rank", *keys, "seeds", "val top-1 % (mean ± std)", "val loss"):
+        table.add_column(name, justify="right")
+    for score in result.ranking:
+        table.add_row(str(score.rank), *[str(score.values.get(k)) for k in keys], str(score.seeds),
+                      f"{100 * score.val_top1_mean:.2f} ± {100 * score.val_top1_std:.2f}", f"{score.val_loss_mean:.4f}",
+                      style="bold green" if score.rank == 1 else None)
+    console.print(table)
+    finals = result.final_runs
+    if finals:
+        table = Table(title=f"final: {result.best.setting} retrained on train + val, scored on test")
+        table.add_column("seed", justify="right")
+        table.add_column("test top-1 %", justify="right")
+        for outcome in finals:
+            table.add_row(str(outcome.seed), _percent(outcome.test_top1))
+        tests = [o.test_top1 for o in finals if o.test_top1 is not None]
+        if tests:
+            table.add_row("mean", _percent(sum(tests) / len(tests)), style="bold")
+        console.print(table)
+
+
+@app.command()
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file the grid varies.")],
+    grid: Annotated[Optional[list[str]], typer.Option(
+        "--grid", "-g", metavar="SECTION.KEY=V1,V2,...",
+        help="A recipe key and its values (repeatable; the grid is every combination; keys validated like --set).")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated; each sets train.seed and data.seed.")] = "0",
+    final: Annotated[bool, typer.Option("--final", help="Retrain the best setting on \\[data] trainval_split with every "
+                                        "seed and score it on the test split.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their checkpoints.")] = False,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
+                                             help="Sweep folder (one run folder per setting and seed).")] = Path("runs/sweep"),
+    set_: SetOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print sweep.json's content instead of tables.")] = False,
+):
+    """Train a grid of settings over seeds, rank them by mean validation top-1, optionally retrain the best.
+
+    Example: [bold]pace sweep recipes/quickstart.toml --grid pace.lambda=0.1,0.5,1 --grid pace.sigma=0.5,1,1.5
+    --seeds 0,1,2 --final -o runs/sweep[/]
+
+    Finished runs are skipped, so rerunning extends or completes a sweep. Ctrl-C keeps the current run's
+    checkpoint and exits 130; rerun with [bold]--resume[/] to continue. Writes sweep.csv and sweep.json.
+    """
+    def action():
+        from pace_cli.sweep import parse_seeds, plan_sweep, run_sweep
+
+        plan = plan_sweep(recipe, output_dir, grid=grid or (), seeds=parse_seeds(seeds), overrides=set_ or (),
+                          final=final)
+        logger = RichSweepLogger(quiet=json_output)
+        try:
+            result = run_sweep(plan, resume=resume, logger=logger)
+        finally:
+            logger.finish()
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_sweep(result)
+
+    run_guarded(action)
+
+
+@app.command()
+def report(
+    folders: Annotated[list[Path], typer.Argument(help="Run folders (from `pace train`) and/or sweep folders.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("report.png"),
+    label: Annotated[Optional[list[str]], typer.Option("--label", "-l", help="Legend name per folder, in order "
+                                                       "(repeatable; default: the folder names).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+):
+    """Draw the training curves of runs, overlaid, and a λ × σ heat map of validation top-1 for sweep folders.
+
+    Example: [bold]pace report runs/off runs/pace --label off --label pace -o report.png[/]
+
+    Curves per epoch from metrics.jsonl: loss, cross-entropy, consistency, lr, validation top-1, gradient
+    norm, FP-distance, training top-1. Needs matplotlib: pip install 'pace-cli[plot]'.
+    """
+    def action():
+        from pace_cli.report import write_report
+
+        result = write_report(folders, output, labels=label or (), overwrite=overwrite)
+        if json_output:
+            print_json({"output": str(result.output), "runs": result.runs, "sweeps": result.sweeps,
+                        "width_px": result.width_px, "height_px": result.height_px})
+        else:
+            console.print(f"[green]wrote[/] {result.output} ({len(result.runs)} runs, {len(result.sweeps)} sweeps)",
+                          soft_wrap=True)
 
     run_guarded(action)
 

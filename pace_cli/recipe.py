@@ -203,6 +203,10 @@ class DataSection(_Section):
     train_split: str = Field("train", description="Split used for training.")
     val_split: str | None = Field("val", description="Validation split; empty string = none.")
     test_split: str | None = Field("test", description="Test split; empty string = none.")
+    trainval_split: str | None = Field(
+        None, description="Split holding train + val together (e.g. 'trainval', 'train800val200'): "
+        "`pace sweep --final` retrains the chosen setting on it; empty string = none."
+    )
     batch_size: int = Field(64, gt=0, description="Training batch size.")
     eval_batch_size: int = Field(256, gt=0, description="Evaluation batch size.")
     image_size: int | None = Field(None, gt=0, description="Resize target; unset = the model's img_size.")
@@ -232,6 +236,11 @@ class DataSection(_Section):
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ValueError(
                 f"mean has {len(self.mean)} values but std has {len(self.std)}, give both the same length"
+            )
+        if self.trainval_split is not None and self.trainval_split == self.test_split:
+            raise ValueError(
+                f"trainval_split and test_split are both '{self.test_split}'; the final runs would train on "
+                "the test images, point trainval_split at the train + val split"
             )
         if self.source in _ROOTED_SOURCES and self.root is None:
             raise ValueError(f"source = '{self.source}' needs root = \"<dataset folder>\"")
