@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pace_cli.errors import PaceError
-from pace_cli.recipe import Recipe, load_recipe
+from pace_cli.recipe import Recipe, ineffective_settings, load_recipe
 
 # What each value costs in a training step, in bytes: fp32 weights of the whole model; for the
 # trainable ones also the gradient and AdamW's two moments.
@@ -85,6 +85,7 @@ def check_recipe(recipe_path: str | Path, overrides: Sequence[str] = ()) -> Chec
     recipe = _collect(report, lambda: load_recipe(recipe_path, overrides))
     if recipe is None:
         return report  # each invalid key is already its own '; '-separated item in that one message
+    report.notes.extend(ineffective_settings(recipe))  # set keys this recipe's switches make inert
     train_set = _check_data(report, recipe)
     report.num_classes = _num_classes(report, recipe, train_set)
     model = _collect(report, lambda: _build_on_meta(recipe, report.num_classes))

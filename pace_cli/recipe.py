@@ -251,9 +251,6 @@ class DataSection(_Section):
         for key in ("synthetic_classes", "synthetic_size"):
             if _is_set(self, key) and self.source != "synthetic":
                 raise ValueError(f"{key} is only read by source = 'synthetic', not {self.source!r}; remove it")
-        if _is_set(self, "seed") and self.shots is None and self.source not in _SEEDED_SOURCES:
-            raise ValueError(f"seed = {self.seed} does nothing for source = {self.source!r} without shots (it "
-                             "seeds the k-shot sampling); set shots or remove seed")
         return self
 
 
@@ -409,6 +406,11 @@ def ineffective_settings(recipe: Recipe) -> list[str]:
                 "pace": "lazy_interval is read by variant = 'lazy' only",
                 "fast": "lazy_interval is read by variant = 'lazy' only"}.get(p.variant, "")
         notes.append(f"[pace] {keys} set but ignored with variant = {p.variant!r} ({uses})")
+    d = recipe.data
+    if _is_set(d, "seed") and d.shots is None and d.source not in _SEEDED_SOURCES:
+        # `pace sweep --seeds` sets data.seed with train.seed for every source, hence not an error
+        notes.append(f"[data] seed set but ignored: source = {d.source!r} reads it only to draw shots, and shots "
+                     "is unset")
     if recipe.data.val_split is None and _is_set(recipe.train, "eval_every"):
         notes.append("[train] eval_every set but ignored: [data] val_split is empty, so no epoch is evaluated")
     if recipe.optim.warmup_epochs == 0 and _is_set(recipe.optim, "warmup_start_lr"):

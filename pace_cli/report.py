@@ -188,9 +188,12 @@ def write_report(folders: Sequence[str | Path], output: str | Path, *, labels: S
         for j, grid in enumerate(sweeps):
             _draw_heatmap(figure.add_subplot(spec[curve_rows + j // columns, j % columns]), grid, figure)
         figure.tight_layout()
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with io.atomic_path(output) as tmp:
-            figure.savefig(tmp, format="png", dpi=dpi)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            with io.atomic_path(output) as tmp:
+                figure.savefig(tmp, format="png", dpi=dpi)
+        except OSError as error:  # a full disk: one line, and the previous report stays as it was
+            raise io.write_error(output, error) from None
         width, height = (round(v * dpi) for v in figure.get_size_inches())
     finally:
         plt.close(figure)

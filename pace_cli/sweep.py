@@ -15,6 +15,7 @@ images, as in the few-shot protocol.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as text_io
 import itertools
@@ -346,10 +347,8 @@ def write_tables(result: SweepResult) -> None:
     for outcome in result.runs:
         row = asdict(outcome)
         writer.writerow([outcome.values.get(k) for k in keys] + ["" if row[c] is None else row[c] for c in CSV_COLUMNS])
-    with io.atomic_path(result.sweep_dir / SWEEP_CSV) as tmp:
-        tmp.write_text(buffer.getvalue())
-    with io.atomic_path(result.sweep_dir / SWEEP_JSON) as tmp:
-        tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    io.write_text_atomic(result.sweep_dir / SWEEP_CSV, buffer.getvalue())
+    io.write_text_atomic(result.sweep_dir / SWEEP_JSON, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
 
 
 # ---------------------------------------------------------------- running
@@ -373,8 +372,11 @@ def _last_validation(metrics_path: Path) -> tuple[float | None, float | None]:
     top1 = loss = None
     if metrics_path.is_file():
         for line in metrics_path.read_text().splitlines():
-            if line.strip():
+            try:
                 record = json.loads(line)
+            except ValueError:
+                continue  # blank, or a record torn by a crash or a full disk
+            if isinstance(record, dict):
                 if record.get("type") == "epoch" and "val_top1" in record:
                     top1, loss = record["val_top1"], record.get("val_loss")
     return top1, loss
@@ -430,8 +432,8 @@ def _test_score(run: PlannedRun, adapter: Path) -> tuple[float, float]:
         return saved["top1"], saved["loss"]
     result = evaluate_recipe(run.recipe, adapter=adapter, split=run.recipe.data.test_split)
     if _is_writer():
-        with io.atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({k: v for k, v in result.to_dict().items() if k != "per_class"}, indent=2) + "\n")
+        io.write_text_atomic(path, json.dumps({k: v for k, v in result.to_dict().items() if k != "per_class"},
+                                              indent=2) + "\n")
     return result.top1, result.loss
 
 
@@ -442,7 +444,16 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
     sweep.json and sweep.csv are rewritten after every run, so an interrupted sweep leaves a
     correct table of what finished. Ctrl-C stops the current run at its next step with its
     checkpoint saved; the sweep then ends with :class:`~pace_cli.train.TrainingInterrupted`.
+    The writer holds the sweep folder's lock throughout, so a second sweep into it is refused.
     """
+    from pace_cli.lock import output_lock
+
+    with output_lock(plan.sweep_dir) if _is_writer() else contextlib.nullcontext():
+        return _run_sweep(plan, resume=resume, logger=logger, stop=stop)
+
+
+def _run_sweep(plan: SweepPlan, *, resume: bool, logger: SweepLogger | None,
+               stop: threading.Event | None) -> SweepResult:
     from pace_cli.train import TrainingInterrupted
 
     logger = logger or SweepLogger()

@@ -230,12 +230,6 @@ def case_synthetic_key_for_another_source(tmp):
     return train_args(tmp, path), "synthetic_classes is only read by source = 'synthetic'"
 
 
-def case_data_seed_without_shots(tmp):
-    text = BASE_RECIPE.replace('source = "synthetic"', 'source = "digits"\nseed = 3')
-    text = text.replace("synthetic_classes = 3\nsynthetic_size = 24\n", "")
-    return train_args(tmp, recipe(tmp, text)), "seed = 3 does nothing"
-
-
 def case_target_root_for_a_source_without_files(tmp):
     text = BASE_RECIPE + '[[eval.targets]]\nname = "d"\nsource = "digits"\nroot = "x"\nrestrict_logits = false\n'
     return train_args(tmp, recipe(tmp, text)), "target 'd': root is only read"

@@ -297,8 +297,6 @@ def test_fuzz_overrides(overrides):
     ('[data]\nsource = "synthetic"\nroot = "d"', "root is only read by source"),
     ('[data]\nsource = "digits"\nsynthetic_size = 8', "synthetic_size is only read by source = 'synthetic'"),
     ('[data]\nsource = "fashion-mnist"\nsynthetic_classes = 4', "synthetic_classes is only read"),
-    ('[data]\nsource = "digits"\nseed = 2', "seed = 2 does nothing for source = 'digits' without shots"),
-    ('[data]\nsource = "imagefolder"\nroot = "d"\nseed = 1', "seed = 1 does nothing"),
 ])
 def test_keys_no_source_reads_are_refused(extra, expected):
     assert expected in _error('[model]\nname = "vit_tiny_patch16_224"\n' + extra)
@@ -342,3 +340,6 @@ def test_no_warning_for_keys_that_are_read():
         assert ineffective_settings(parse_recipe(MINIMAL + "[pace]\n" + pace)) == []
     r = parse_recipe(MINIMAL + 'val_split = ""\n[train]\neval_every = 3\n[optim]\nwarmup_epochs = 0\nwarmup_start_lr = 1e-4')
     assert [n.split()[0] for n in ineffective_settings(r)] == ["[train]", "[optim]"]
+    r = parse_recipe(MINIMAL.replace('"synthetic"', '"digits"') + "seed = 2")  # what `pace sweep --seeds` does
+    assert [n.split(" set")[0] for n in ineffective_settings(r)] == ["[data] seed"]
+    assert ineffective_settings(parse_recipe(MINIMAL.replace('"synthetic"', '"digits"') + "seed = 2\nshots = 3")) == []
