@@ -441,3 +441,47 @@ def test_hub_probe_is_bounded(monkeypatch):
     models.hub_reachable(timeout=0.5)
     assert time.perf_counter() - started < 2.0
     assert models.hub_address() == ("10.255.255.1", 443)
+
+
+# ---------------------------------------------------------------- the workflow commands: sweep and report
+
+
+def sweep_args(tmp: Path, *extra: str) -> list[str]:
+    recipe = write_recipe(tmp)
+    return ["sweep", str(recipe), "--grid", "pace.sigma=0.5", "--seeds", "0", "-o", str(tmp / "sweep"), "--json",
+            *extra]
+
+
+@pytest.mark.parametrize("table", ["sweep.csv", "sweep.json"])
+def test_full_disk_while_writing_sweep_tables(tmp_path, monkeypatch, table):
+    DiskFull(monkeypatch, "replace", table)
+    result = runner.invoke(app, sweep_args(tmp_path))
+    one_error_line(result, "no space left on device while writing", table)
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "sweep" / lock.LOCK_FILE).exists()
+
+
+def test_second_sweep_into_a_busy_folder_is_refused(tmp_path):
+    with lock.output_lock(tmp_path / "sweep"):
+        one_error_line(runner.invoke(app, sweep_args(tmp_path)), "is in use by another pace run")
+        assert not (tmp_path / "sweep" / "sweep.json").exists()
+
+
+@pytest.mark.parametrize("where", ["replace", "fsync"])
+def test_full_disk_while_drawing_a_report_keeps_the_old_one(tmp_path, monkeypatch, lora_run, where):
+    pytest.importorskip("matplotlib")
+    adapter, _ = lora_run
+    out = tmp_path / "report.png"
+    out.write_bytes(b"the previous report")
+    DiskFull(monkeypatch, where, "report.png")
+    result = runner.invoke(app, ["report", str(adapter.parent), "-o", str(out), "--overwrite"])
+    one_error_line(result, "no space left on device while writing", "report.png")
+    assert out.read_bytes() == b"the previous report" and leftovers(tmp_path) == []
+
+
+def test_sweep_reads_past_a_torn_metrics_line(tmp_path):
+    from pace_cli.sweep import _last_validation
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"type": "epoch", "epoch": 1, "val_top1": 0.5, "val_loss": 1.0}\n{"type": "ep')
+    assert _last_validation(metrics) == (0.5, 1.0)
