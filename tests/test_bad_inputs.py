@@ -269,6 +269,23 @@ def case_pretrained_weights_offline(tmp):
     return train_args(tmp, path), "HF_HUB_OFFLINE is set"
 
 
+def case_disk_full_writing_sweep_tables(tmp):
+    return ["sweep", str(recipe(tmp)), "--grid", "pace.sigma=0.5", "-o", str(tmp / "sweep")], "no space left on device"
+
+
+def case_sweep_folder_in_use(tmp):
+    (tmp / "sweep").mkdir()
+    (tmp / "sweep" / ".pace-lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                           "since": "2026-01-01 00:00:00 UTC"}))
+    return ["sweep", str(recipe(tmp)), "--grid", "pace.sigma=0.5", "-o", str(tmp / "sweep")], "in use"
+
+
+def case_disk_full_drawing_a_report(tmp):
+    pytest.importorskip("matplotlib")
+    assert runner.invoke(app, train_args(tmp, recipe(tmp))).exit_code == 0
+    return ["report", str(tmp / "run"), "-o", str(tmp / "report.png")], "no space left on device"
+
+
 @contextlib.contextmanager
 def _full_disk(name: str):
     """safetensors' writer and the streaming writer's files find the disk full for outputs called ``name``."""
@@ -278,13 +295,14 @@ def _full_disk(name: str):
         if Path(str(path)).name.startswith(f".{name}.tmp"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    real_save, real_open = pio.save_file, open
+    real_save, real_open, real_replace = pio.save_file, open, os.replace
     pio.save_file = lambda tensors, path, **kw: (full(path), real_save(tensors, path, **kw))[1]
     pio.open = lambda path, *a, **kw: (full(path), real_open(path, *a, **kw))[1]
+    os.replace = lambda src, dst: (full(src), real_replace(src, dst))[1]  # text files and PNGs
     try:
         yield
     finally:
-        pio.save_file = real_save
+        pio.save_file, os.replace = real_save, real_replace
         del pio.open
 
 
@@ -307,6 +325,8 @@ FAULTS = {
     "disk_full_writing_the_adapter": lambda: _full_disk("adapter.safetensors"),
     "disk_full_merging": lambda: _full_disk("merged.safetensors"),
     "pretrained_weights_offline": lambda: _env(HF_HUB_OFFLINE="1"),
+    "disk_full_writing_sweep_tables": lambda: _full_disk("sweep.csv"),
+    "disk_full_drawing_a_report": lambda: _full_disk("report.png"),
 }
 
 
@@ -356,6 +376,8 @@ CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name
 EXIT_CODES = {"diverging_loss": 3}
 # Failures late in a run keep its last checkpoint, on purpose: --resume continues from it.
 KEEP_CHECKPOINT = {"diverging_loss", "disk_full_writing_the_adapter"}
+# A sweep whose table cannot be written keeps the runs it finished (the same command again skips them).
+KEEP_FINISHED_RUNS = {"disk_full_writing_sweep_tables"}
 
 
 def check_clean_failure(result, expected: str, code: int = 2):
@@ -376,10 +398,10 @@ def test_bad_input_is_one_clean_line(tmp_path, name):
     check_clean_failure(result, expected, EXIT_CODES.get(name, 2))
     created = {p for p in tmp_path.rglob("*")} - before
     assert not any(".tmp-" in p.name for p in created), created
-    if name not in KEEP_CHECKPOINT:
-        assert not any(p.suffix == ".safetensors" for p in created), created
-    else:
+    if name in KEEP_CHECKPOINT:
         assert not (tmp_path / "run" / "adapter.safetensors").exists()
+    elif name not in KEEP_FINISHED_RUNS:
+        assert not any(p.suffix == ".safetensors" for p in created), created
     if name == "output_exists":
         assert (tmp_path / "merged.safetensors").read_bytes() == b"precious"
 
