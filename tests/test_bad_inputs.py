@@ -52,8 +52,11 @@ def recipe(tmp: Path, text: str = BASE_RECIPE, **replace: str) -> Path:
 
 def recipe_with(tmp: Path, old: str, new: str) -> Path:
     assert old in BASE_RECIPE
+    text = BASE_RECIPE.replace(old, new)
+    if 'source = "synthetic"' not in text:  # another source: the synthetic set's keys would be refused
+        text = text.replace("synthetic_classes = 3\nsynthetic_size = 24\n", "")
     path = tmp / "recipe.toml"
-    path.write_text(BASE_RECIPE.replace(old, new))
+    path.write_text(text)
     return path
 
 
@@ -226,7 +229,7 @@ def case_root_for_a_source_without_files(tmp):
 
 
 def case_synthetic_key_for_another_source(tmp):
-    path = recipe_with(tmp, 'source = "synthetic"', 'source = "digits"')
+    path = recipe(tmp, BASE_RECIPE.replace('source = "synthetic"', 'source = "digits"'))
     return train_args(tmp, path), "synthetic_classes is only read by source = 'synthetic'"
 
 
