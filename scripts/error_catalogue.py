@@ -47,3 +47,7 @@ for name, fn in rows:
         print(f"| {name.replace('_', ' ')} | `{command}` | {result.exit_code} | {message} |")
 print("\nInterrupting `pace train` (Ctrl-C / SIGTERM) saves a checkpoint and exits 130 / 143 with a line that")
 print("says how to resume. A diverging loss exits 3 and keeps the last epoch's checkpoint.")
+print("\nA recipe key that a switch in the same recipe turns off (e.g. `[pace] sigma` with `variant = \"off\"`) is")
+print("a `warning:` line, not an error; the README's Recipes section lists both kinds. Every write site (adapter,")
+print("checkpoint, metrics.jsonl, merge, export, sweep tables, report) on a full disk, and every kind of damaged")
+print("checkpoint, is tested in `tests/test_reliability.py`; the rows above show one of each.")
