@@ -485,3 +485,24 @@ def test_sweep_reads_past_a_torn_metrics_line(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"type": "epoch", "epoch": 1, "val_top1": 0.5, "val_loss": 1.0}\n{"type": "ep')
     assert _last_validation(metrics) == (0.5, 1.0)
+
+
+# ---------------------------------------------------------------- keys a switch turns off: warned, not refused
+
+
+def test_train_warns_about_switched_off_keys_and_runs(tmp_path):
+    recipe = write_recipe(tmp_path)
+    result = runner.invoke(app, ["train", str(recipe), "-o", str(tmp_path / "run"), "--json",
+                                 "--set", "pace.variant=off", "--set", "pace.sigma=1.5"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: [pace] sigma set but ignored with variant = 'off' (it adds no noise and no "
+                        "consistency loss)"]
+
+
+def test_check_lists_switched_off_keys_as_notes(tmp_path):
+    pytest.importorskip("pace_cli.check")
+    from pace_cli.check import check_recipe
+
+    report = check_recipe(write_recipe(tmp_path), ["pace.variant=pace", "pace.lazy_interval=3"])
+    assert report.ok and any("lazy_interval set but ignored" in note for note in report.notes)
