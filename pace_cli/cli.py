@@ -282,14 +282,14 @@ def eval_(
             raise PaceError("pass exactly one of --weights MERGED or --adapter ADAPTER")
         if unmerged and adapter is None:
             raise PaceError("--unmerged goes with --adapter")
-        from pace_cli.distributed import current_world
+        from pace_cli.distributed import is_rank_zero
 
         loaded = load_recipe(recipe, set_ or ())
         if loaded.eval.targets and not no_targets:
             from pace_cli.targets import evaluate_targets
 
             report = evaluate_targets(loaded, weights=weights, adapter=adapter, split=split, unmerged=unmerged)
-            if not current_world().is_writer:
+            if not is_rank_zero():
                 return  # as below: every rank has the summed result, rank 0 prints it
             if json_output:
                 print_json(report.to_dict())
@@ -297,7 +297,7 @@ def eval_(
                 render_targets(report)
             return
         result = evaluate_recipe(loaded, weights=weights, adapter=adapter, split=split, unmerged=unmerged)
-        if not current_world().is_writer:
+        if not is_rank_zero():
             return  # under torchrun every rank has the whole result; rank 0 prints it
         if json_output:
             print_json(result.to_dict())
@@ -629,15 +629,19 @@ def sweep(
     checkpoint and exits 130; rerun with [bold]--resume[/] to continue. Writes sweep.csv and sweep.json.
     """
     def action():
+        from pace_cli.distributed import is_rank_zero
         from pace_cli.sweep import parse_seeds, plan_sweep, run_sweep
 
         plan = plan_sweep(recipe, output_dir, grid=grid or (), seeds=parse_seeds(seeds), overrides=set_ or (),
                           final=final)
-        logger = RichSweepLogger(quiet=json_output)
+        speaks = is_rank_zero()  # under torchrun every rank trains; rank 0 reports
+        logger = RichSweepLogger(quiet=json_output or not speaks)
         try:
             result = run_sweep(plan, resume=resume, logger=logger)
         finally:
             logger.finish()
+        if not speaks:
+            return
         if json_output:
             print_json(result.to_dict())
         else:

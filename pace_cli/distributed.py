@@ -55,6 +55,12 @@ def launched_by_torchrun() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is (or, before the group is joined, will be) rank 0: the one that prints."""
+    return current_world().is_writer if dist.is_available() and dist.is_initialized() else \
+        int(os.environ.get("RANK", "0")) == 0
+
+
 def current_world() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
