@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -94,19 +95,21 @@ def _metrics_log(path: Path, keep_up_to_step: int | None):
         kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= keep_up_to_step]
         io.write_text_atomic(path, "".join(line + "\n" for line in kept))
     try:
-        handle = open(path, "a" if keep_up_to_step is not None else "w")
+        # unbuffered: a record that fails to write must not linger in a buffer and be retried on close
+        handle = open(path, "ab" if keep_up_to_step is not None else "wb", buffering=0)
     except OSError as error:
         raise io.write_error(path, error) from None
     with handle:
         def log(record: dict[str, Any]) -> None:
-            end = handle.tell()
+            data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+            end = os.fstat(handle.fileno()).st_size
             try:
-                handle.write(json.dumps(record) + "\n")
-                handle.flush()
+                while data:
+                    data = data[handle.write(data):]
             except OSError as error:
                 # cut the torn record off, so the log stays whole lines for --resume
                 with contextlib.suppress(OSError):
-                    handle.truncate(end)
+                    os.ftruncate(handle.fileno(), end)
                 raise io.write_error(path, error) from None
 
         yield log

@@ -312,15 +312,15 @@ def test_full_disk_while_logging_metrics(tmp_path, monkeypatch):
     class Full:
         """A metrics file whose third record finds the disk full, after writing half of itself."""
 
-        def __init__(self, name, mode):
-            self.inner = open(name, mode)
+        def __init__(self, name, mode, **kwargs):
+            self.inner = open(name, mode, **kwargs)
 
-        def write(self, text):
+        def write(self, data):
             writes["n"] += 1
             if writes["n"] == 3:
-                self.inner.write(text[: len(text) // 2])
+                self.inner.write(data[: len(data) // 2])
                 _enospc()
-            return self.inner.write(text)
+            return self.inner.write(data)
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
@@ -331,7 +331,7 @@ def test_full_disk_while_logging_metrics(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self.inner.close()
 
-    monkeypatch.setattr(train_module, "open", lambda name, mode="r": Full(name, mode), raising=False)
+    monkeypatch.setattr(train_module, "open", lambda name, mode="r", **kw: Full(name, mode, **kw), raising=False)
     result = train(tmp_path)
     one_error_line(result, "no space left on device while writing", "metrics.jsonl")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
