@@ -177,13 +177,17 @@ def _is_set(section: BaseModel, key: str) -> bool:
     return getattr(section, key) != type(section).model_fields[key].default
 
 
-def _check_source_keys(section: BaseModel, source: str, where: str) -> None:
-    for key, sources in _SOURCE_ONLY_KEYS.items():
-        if getattr(section, key, None) is not None and source not in sources:
-            raise ValueError(
-                f"{where}{key} is only read by source = {' or '.join(repr(s) for s in sources)}, "
-                f"not {source!r}; remove it"
-            )
+def _check_source_keys(section: BaseModel, source: str, where: str, also: Sequence[str] = ()) -> None:
+    """Refuse the keys ``source`` does not read: ``_SOURCE_ONLY_KEYS`` and ``also`` (read by 'synthetic' only).
+
+    Every such key goes in one message, so one run lists all there is to remove.
+    """
+    only = {**_SOURCE_ONLY_KEYS, **{key: ("synthetic",) for key in also}}
+    unread = [f"{where}{key} is only read by source = {' or '.join(repr(s) for s in sources)}, not {source!r}; "
+              "remove it" for key, sources in only.items()
+              if key in also or getattr(section, key, None) is not None and source not in sources]
+    if unread:
+        raise ValueError("; ".join(unread))
 
 
 class DataSection(_Section):
@@ -247,10 +251,9 @@ class DataSection(_Section):
         if self.source == "fewshot" and self.shots is None:
             raise ValueError("source = 'fewshot' needs shots = k (1, 2, 4, 8 or 16): it picks "
                              "annotations/train_meta.list.num_shot_k.seed_<seed>")
-        _check_source_keys(self, self.source, "")
-        for key in ("synthetic_classes", "synthetic_size"):
-            if _is_set(self, key) and self.source != "synthetic":
-                raise ValueError(f"{key} is only read by source = 'synthetic', not {self.source!r}; remove it")
+        synthetic_only = [] if self.source == "synthetic" else \
+            [key for key in ("synthetic_classes", "synthetic_size") if _is_set(self, key)]
+        _check_source_keys(self, self.source, "", also=synthetic_only)
         return self
 
 
@@ -339,11 +342,9 @@ class EvalTarget(_Section):
             raise ValueError("name must not be blank")
         if self.source in _ROOTED_SOURCES and self.root is None:
             raise ValueError(f"target '{self.name}': source = '{self.source}' needs root = \"<dataset folder>\"")
-        _check_source_keys(self, self.source, f"target '{self.name}': ")
-        for key in ("seed", "synthetic_classes", "synthetic_size"):
-            if getattr(self, key) is not None and self.source != "synthetic":
-                raise ValueError(f"target '{self.name}': {key} is only read by source = 'synthetic', "
-                                 f"not {self.source!r}; remove it")
+        synthetic_only = [] if self.source == "synthetic" else \
+            [key for key in ("seed", "synthetic_classes", "synthetic_size") if getattr(self, key) is not None]
+        _check_source_keys(self, self.source, f"target '{self.name}': ", also=synthetic_only)
         return self
 
 
