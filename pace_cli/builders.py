@@ -40,6 +40,7 @@ def build_dataset(recipe: Recipe, split: str, *, train: bool = False) -> data_so
         section.source, split, root=section.root, image_size=image_size(recipe), channels=section.channels,
         mean=section.mean, std=section.std, shots=section.shots if train else None, seed=section.seed,
         synthetic_classes=section.synthetic_classes, synthetic_size=section.synthetic_size, train=train,
+        cache=section.cache,
     )
 
 
