@@ -51,7 +51,7 @@ def _losses(compiled: bool, variant: str, steps: int = 3) -> list[float]:
 
 
 @pytest.mark.parametrize("variant", ["off", "pace"])
-def test_compiled_training_gives_the_eager_losses(variant, monkeypatch):
+def test_compiled_training_gives_the_eager_losses(variant):
     """A few AdamW steps through torch.compile reach the eager losses (CPU, inductor)."""
     try:
         import torch._inductor.config as inductor_config
@@ -59,11 +59,11 @@ def test_compiled_training_gives_the_eager_losses(variant, monkeypatch):
         pytest.skip("torch was built without inductor")
     # Inductor draws random numbers with its own generator unless told to fall back to eager's;
     # with the fallback the PACE noise is the same draw in both runs, so the losses can match.
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     torch._dynamo.reset()
     eager = _losses(False, variant)
     try:
-        compiled = _losses(True, variant)
+        with inductor_config.patch(fallback_random=True):
+            compiled = _losses(True, variant)
     except Exception as exc:  # no C compiler or another toolchain problem: say so, visibly
         if "compiler" in str(exc).lower() or "InvalidCxxCompiler" in type(exc).__name__:
             pytest.skip(f"torch.compile cannot build kernels on this machine: {exc}")
