@@ -299,8 +299,7 @@ def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: i
     """Wrap ``dataset`` in a DataLoader whose shuffle order depends only on ``seed``.
 
     Batches are ``(images [B,C,H,W], labels [B], indices [B])``. The generator keeps
-    advancing between epochs, so each epoch gets a new but reproducible order (the order is
-    drawn in the main process, so it does not depend on the number of workers).
+    advancing between epochs, so each epoch gets a new but reproducible order.
 
     ``num_workers`` may be "auto" (:func:`default_num_workers`). ``pin_memory`` defaults to
     whether CUDA is available (page-locked batches copy to the GPU asynchronously);
