@@ -485,7 +485,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default="peft,train,memory,eval,merge",
                         help="comma-separated subset of: peft, train, memory, eval, merge")
     parser.add_argument("--rounds-peft", type=int, default=5, help="interleaved rounds, ViT-S vs PEFT")
-    parser.add_argument("--memory-repeats", type=int, default=2, help="fresh processes per case, PEFT memory")
+    parser.add_argument("--memory-repeats", type=int, default=2, help="fresh processes per case, PEFT memory (0: skip)")
     parser.add_argument("--peft-config", default="vit_s", choices=sorted(CONFIGS), help="model of the PEFT section")
     parser.add_argument("--rounds-vit-s", type=int, default=3, help="interleaved rounds for ViT-S (slow)")
     parser.add_argument("--rounds-tiny", type=int, default=10, help="interleaved rounds for the tiny ViT")
@@ -522,7 +522,10 @@ def main(argv=None) -> int:
     if "peft" in sections:
         r = report["vs_peft"] = bench_vs_peft(args.peft_config, args.rounds_peft)
         print(f"  vs peft time done ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
-        m = report["vs_peft_memory"] = bench_peft_memory(args.peft_config, args.memory_repeats)
+        if args.memory_repeats > 0:
+            m = report["vs_peft_memory"] = bench_peft_memory(args.peft_config, args.memory_repeats)
+        else:  # timing only
+            m = {"step_mb": {c: float("nan") for c in PEFT_CASES}, "ratio": {c: float("nan") for c in PEFT_CASES}}
         rows = [[c, r["seconds"][c] * 1000, r["ratio"][c], PEFT_TARGETS.get(c, ""),
                  m["step_mb"][c], m["ratio"][c], r["trainable"][c]] for c in PEFT_CASES]
         cfg = CONFIGS[args.peft_config]
