@@ -97,7 +97,8 @@ def _add(base: Tensor | None, delta: Tensor | None) -> Tensor | None:
 
 
 def draw_noise(rows: int, channels: int, sigma: float, samples: int | None = None, *,
-               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+               batch=None) -> Tensor:
     """Multiplicative noise z ~ N(1, sigma^2), one draw per sample and channel: [samples, channels].
 
     Shared by every token of a sample, this equals noise on the rows of ΔW (paper §3.5) at a
@@ -105,8 +106,17 @@ def draw_noise(rows: int, channels: int, sigma: float, samples: int | None = Non
     attention that is samples × windows, with a sample's windows next to each other, and each
     sample's draw covers all its rows. Without a ``samples`` count that divides ``rows``, every
     row is taken for a sample.
+
+    ``batch`` (the regulariser's batch state) may carry a :class:`~pace_cli.distributed.SampleLayout`:
+    then the draw comes from the step's shared generator, keyed by the sample's place in the global
+    batch, so it does not depend on which process or how many handle the sample.
     """
     groups = samples if samples and rows % samples == 0 else rows
+    layout = getattr(batch, "layout", None)
+    if layout is not None:
+        copies = 2 if batch.paired else 1
+        z = layout.draw(groups, (channels,), copies=copies, normal=True, dtype=dtype or torch.float32)
+        return z.mul_(sigma).add_(1.0)
     return torch.randn(groups, channels, device=device, dtype=dtype).mul_(sigma).add_(1.0)
 
 
@@ -120,9 +130,10 @@ def noise_for(like: Tensor, z: Tensor) -> Tensor:
     return per_row.view((rows,) + (1,) * (like.dim() - 2) + (z.shape[-1],))
 
 
-def sample_noise(like: Tensor, sigma: float) -> Tensor:
+def sample_noise(like: Tensor, sigma: float, batch=None) -> Tensor:
     """``draw_noise`` with a draw per row of ``like`` [rows, ..., d_out], shaped to multiply it."""
-    return noise_for(like, draw_noise(like.shape[0], like.shape[-1], sigma, device=like.device, dtype=like.dtype))
+    return noise_for(like, draw_noise(like.shape[0], like.shape[-1], sigma, device=like.device, dtype=like.dtype,
+                                      batch=batch))
 
 
 class AdaptedLinear(nn.Module):
@@ -200,7 +211,8 @@ class AdaptedLinear(nn.Module):
         if not noisy:
             return F.linear(x, _add(self.weight, delta_w), _add(self.bias, delta_b))
         samples = getattr(self.batch_state, "samples", None)
-        z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype)
+        z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
+                       batch=self.batch_state)
         if factored:
             return self.factored_forward(x, z)
         if delta_w is not None and self.kind != "lora_add" and self.per_sample_weights and worth_fusing(x, len(z)):

@@ -35,12 +35,30 @@ def image_size(recipe: Recipe) -> int:
 
 
 def build_dataset(recipe: Recipe, split: str, *, train: bool = False) -> data_sources.PaceDataset:
+    """One split of the recipe's data; ``train`` turns on the training augmentation and ``shots``.
+
+    For ``fewshot`` the shots pick the list file instead of subsampling, and every split takes
+    its classes from that k-shot training list.
+    """
     section = recipe.data
+    fewshot = section.source == "fewshot"
     return data_sources.build_dataset(
         section.source, split, root=section.root, image_size=image_size(recipe), channels=section.channels,
-        mean=section.mean, std=section.std, shots=section.shots if train else None, seed=section.seed,
-        synthetic_classes=section.synthetic_classes, synthetic_size=section.synthetic_size, train=train,
-        cache=section.cache,
+        mean=section.mean, std=section.std, shots=section.shots if train and not fewshot else None,
+        seed=section.seed, synthetic_classes=section.synthetic_classes, synthetic_size=section.synthetic_size,
+        train=train, image_dir=section.image_dir, fewshot_layout=section.fewshot_layout,
+        list_shots=section.shots if fewshot else None, cache=section.cache,
+    )
+
+
+def build_target_dataset(recipe: Recipe, target) -> data_sources.PaceDataset:
+    """The evaluation set of one ``[[eval.targets]]`` entry, preprocessed like the recipe's test split."""
+    section = recipe.data
+    return data_sources.build_dataset(
+        target.source, target.split, root=target.root, image_size=image_size(recipe), channels=section.channels,
+        mean=section.mean, std=section.std, seed=target.seed or 0,
+        synthetic_classes=target.synthetic_classes or 10, synthetic_size=target.synthetic_size or 64,
+        image_dir=target.image_dir, fewshot_layout=target.fewshot_layout,
     )
 
 

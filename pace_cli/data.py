@@ -1,4 +1,5 @@
-"""Data sets for fine-tuning: image folders, VTAB-1k lists, Fashion-MNIST, sklearn digits, synthetic.
+"""Data sets for fine-tuning: image folders, VTAB-1k lists, few-shot lists, FGVC JSON, Fashion-MNIST,
+sklearn digits, synthetic.
 
 Every source yields ``(image, label, index)`` where ``image`` is a float tensor
 ``[channels, image_size, image_size]`` and ``index`` is the sample's position in the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import json
 import os
 import random
 import zlib
@@ -27,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pace_cli.errors import PaceError
 
-SOURCES = ("imagefolder", "vtab1k", "fashion-mnist", "digits", "synthetic")
+SOURCES = ("imagefolder", "vtab1k", "fewshot", "fgvc", "fashion-mnist", "digits", "synthetic")
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 
 FASHION_MNIST_CLASSES = [
@@ -37,6 +39,13 @@ FASHION_MNIST_CLASSES = [
 FASHION_MNIST_SPLITS = ("train", "val", "trainval", "test")
 DIGITS_SPLITS = ("train", "val", "trainval", "test")
 VTAB1K_SPLITS = ("train800", "val200", "train800val200", "test")
+FGVC_SPLITS = ("train", "val", "trainval", "test")
+FEWSHOT_LAYOUTS = ("fgvc", "imagenet")
+# Image folders tried, in order, when an fgvc data set's [data] image_dir is unset (VPT's sets
+# differ: CUB and NABirds use images/, Stanford Dogs Images/, Cars and Flowers the root itself).
+FGVC_IMAGE_DIRS = ("images", "Images", ".")
+# Few-shot sizes follow the common Resize(256) -> crop(224) recipe, scaled to image_size.
+RESIZE_RATIO = 256 / 224
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
@@ -151,6 +160,8 @@ class _FileDataset(PaceDataset):
         self._cached: torch.Tensor | None = None  # [samples] uint8 flags: 1 once the slot is filled
         self._slots: dict[int, int] = {}  # underlying row -> cache slot (only the rows kept, e.g. k-shot)
 
+    cacheable = True  # decode + resize to a fixed square, no randomness: cacheable as is
+
     def _sample_key(self, row: int):
         # Sort by path so k-shot picks do not depend on directory or list-file order.
         return (self._paths[row].as_posix(), row)
@@ -212,6 +223,81 @@ class _FileDataset(PaceDataset):
         return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
+class _CropFileDataset(_FileDataset):
+    """Images decoded with PIL and cropped like the few-shot and FGVC literature.
+
+    Eval: shorter side resized to ``round(image_size * 256 / 224)``, then the centre
+    ``image_size`` square. Train (``augment``): the same resize, a random square crop and a
+    horizontal flip with probability 1/2.
+
+    Where the randomness comes from: by default torch's global RNG of the process that
+    loads the sample. In the main process that RNG is seeded by the training run; DataLoader
+    workers get ``base_seed + worker_id`` from the loader's (seeded) generator, so runs
+    repeat for a fixed ``num_workers``. After ``set_epoch(e)`` every crop comes instead
+    from a generator seeded by ``(aug_seed, e, row)``: the same crops whatever the number
+    of workers or processes (what a distributed loop wants).
+    """
+
+    # Its decoded, resized images keep their aspect ratio (sizes differ) and the crop after them is
+    # random, so the fixed-size decoded-image cache of _FileDataset does not apply (yet).
+    cacheable = False
+
+    def __init__(self, paths: list[Path], root: Path, *, augment: bool, aug_seed: int = 0, **kwargs):
+        super().__init__(paths, root, **kwargs)
+        self.augment = bool(augment)
+        self.aug_seed = int(aug_seed)
+        self.epoch: int | None = None
+        self.class_ids: list[int] = []  # raw id of each class, in class order (set by builders)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def crop_box(self, width: int, height: int, row: int) -> tuple[int, int, bool]:
+        """Top-left corner of the crop and whether to flip, for a resized image of that size."""
+        size = self._transform.image_size
+        if not self.augment:
+            return (width - size) // 2, (height - size) // 2, False
+        if self.epoch is not None:
+            g = torch.Generator().manual_seed(zlib.crc32(f"crop:{self.aug_seed}:{self.epoch}:{row}".encode()))
+        else:
+            g = None
+        left = int(torch.randint(0, width - size + 1, (1,), generator=g))
+        top = int(torch.randint(0, height - size + 1, (1,), generator=g))
+        flip = bool(torch.rand((), generator=g) < 0.5)
+        return left, top, flip
+
+    def _raw(self, row: int) -> torch.Tensor:
+        from PIL import Image
+
+        path = self._paths[row]
+        size = self._transform.image_size
+        resize = max(size, round(size * RESIZE_RATIO))
+        mode = "L" if self._transform.channels == 1 else "RGB"
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                w, h = img.size
+                # Shorter side to `resize`, aspect ratio kept (torchvision's Resize(int)).
+                if w <= h:
+                    new_w, new_h = resize, max(resize, round(h * resize / w))
+                else:
+                    new_w, new_h = max(resize, round(w * resize / h)), resize
+                img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+                left, top, flip = self.crop_box(new_w, new_h, row)
+                img = img.crop((left, top, left + size, top + size))
+                if flip:
+                    img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise PaceError(
+                f"cannot read image {path} ({self.source} split '{self.split}'): "
+                f"{type(exc).__name__}: {exc}; replace or delete the file"
+            ) from exc
+        t = torch.from_numpy(arr.copy())
+        t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+        return t.float().div_(255.0)
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -219,15 +305,24 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
                   image_size: int = 224, channels: int = 3,
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                   shots: int | None = None, seed: int = 0, synthetic_classes: int = 10,
-                  synthetic_size: int = 64, train: bool = False, cache: bool | str = False) -> PaceDataset:
+                  synthetic_size: int = 64, train: bool = False, image_dir: str | None = None,
+                  fewshot_layout: str | None = None, list_shots: int | None = None,
+                  cache: bool | str = False) -> PaceDataset:
     """Build the data set for one split of one source.
 
     ``split`` is a split name: a subfolder for ``imagefolder``; ``train800``/``val200``/
     ``train800val200``/``test`` for ``vtab1k``; ``train``/``val``/``trainval``/``test`` for
     ``fashion-mnist`` and ``digits``; any name for ``synthetic`` (each name gives
-    different samples). ``shots`` keeps exactly that many samples per class, drawn
-    deterministically from ``seed``. ``train`` is accepted for a future augmentation
-    and currently ignored.
+    different samples); ``train``/``val``/``trainval``/``test`` for ``fgvc``; for
+    ``fewshot`` see :func:`fewshot_list`. ``shots`` keeps exactly that many samples per
+    class, drawn deterministically from ``seed``.
+
+    ``train`` turns on the random crop and flip of ``fewshot`` and ``fgvc`` (other sources
+    have no augmentation). ``image_dir`` is the image folder under ``root`` for ``fewshot``
+    and ``fgvc``; ``fewshot_layout`` is ``fgvc`` (default) or ``imagenet``; ``list_shots``
+    picks the few-shot list ``train_meta.list.num_shot_{list_shots}.seed_{seed}`` whose
+    sorted class ids define the label space of every ``fewshot`` split (unset: the split's
+    own ids).
 
     For ``imagefolder`` the classes are the sorted subfolders of that split's folder, so
     every split must contain the same class folders for labels to agree across splits;
@@ -236,10 +331,13 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
     ``cache`` (true, false or "auto", see :func:`cache_wanted`) keeps decoded, resized images of
     file-based sources in memory after their first read, so later epochs skip JPEG decoding.
     """
-    del train  # no augmentation yet; kept so callers need not change when it arrives
     if source not in SOURCES:
         raise PaceError(f"unknown data source {source!r}; set [data] source to one of: "
                         + ", ".join(SOURCES))
+    if source not in ("fewshot", "fgvc") and image_dir is not None:
+        raise PaceError(f"image_dir is only read by the fewshot and fgvc sources, not '{source}'; remove it")
+    if source != "fewshot" and (fewshot_layout is not None or list_shots is not None):
+        raise PaceError(f"fewshot_layout and list_shots are only read by the fewshot source, not '{source}'")
     if not isinstance(split, str) or not split:
         raise PaceError(f"empty split name for source '{source}'; give a split name such as 'train'")
     if channels not in (1, 3):
@@ -262,6 +360,11 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
         ds = _build_imagefolder(_require_root(source, root), split, common)
     elif source == "vtab1k":
         ds = _build_vtab1k(_require_root(source, root), split, common)
+    elif source == "fewshot":
+        ds = _build_fewshot(_require_root(source, root), split, common, image_dir=image_dir,
+                            layout=fewshot_layout or "fgvc", list_shots=list_shots, seed=seed, train=train)
+    elif source == "fgvc":
+        ds = _build_fgvc(_require_root(source, root), split, common, image_dir=image_dir, seed=seed, train=train)
     elif source == "fashion-mnist":
         ds = _build_fashion_mnist(_require_root(source, root or FASHION_MNIST_DEFAULT_ROOT), split, common)
     elif source == "digits":
@@ -282,29 +385,35 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
 def cache_wanted(ds: PaceDataset, cache: bool | str) -> bool:
     """Whether ``[data] cache`` (true, false or "auto") turns the decoded-image cache on for ``ds``.
 
-    Only file-based sources decode on access; the others are arrays in memory already. "auto"
+    Only ``imagefolder`` and ``vtab1k`` decode to a fixed size on access; the in-memory sources
+    are arrays already, and ``fewshot``/``fgvc`` crop at random after an aspect-keeping resize
+    (not cached yet). "auto"
     caches a split whose decoded images fit in ``CACHE_AUTO_BYTES`` (VTAB-1k's 1,000 training
     images at 224 px take 144 MiB; 1 GiB holds about 7,100 RGB images at 224 px).
     """
     if cache not in (True, False, "auto"):
         raise PaceError(f"[data] cache = {cache!r}; use true, false or \"auto\"")
-    if not isinstance(ds, _FileDataset) or cache is False:
+    if not (isinstance(ds, _FileDataset) and ds.cacheable) or cache is False:
         return False
     return cache is True or ds.cache_bytes() <= CACHE_AUTO_BYTES
 
 
 def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                drop_last: bool = False, num_workers: int | str = 0, pin_memory: bool | None = None,
+                drop_last: bool = False, num_workers: int | str = 0, world=None, pin_memory: bool | None = None,
                 persistent_workers: bool | None = None, prefetch_factor: int | None = None) -> DataLoader:
     """Wrap ``dataset`` in a DataLoader whose shuffle order depends only on ``seed``.
 
     Batches are ``(images [B,C,H,W], labels [B], indices [B])``. The generator keeps
     advancing between epochs, so each epoch gets a new but reproducible order.
 
+    With a multi-process ``world`` (:class:`pace_cli.distributed.World`), ``batch_size`` is the
+    global batch: every rank draws the same global batches and yields its own share of each.
+
     ``num_workers`` may be "auto" (:func:`default_num_workers`). ``pin_memory`` defaults to
     whether CUDA is available (page-locked batches copy to the GPU asynchronously);
     ``persistent_workers`` defaults to true whenever there are workers, so they are not
-    re-forked each epoch (which would also throw away per-worker state).
+    re-forked each epoch, except for data sets with ``set_epoch`` (their workers must be
+    re-created to see the new epoch).
     """
     if int(batch_size) <= 0:
         raise PaceError(f"batch size {batch_size} must be a positive integer")
@@ -320,7 +429,9 @@ def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: i
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if persistent_workers is None:
-        persistent_workers = workers > 0
+        # Persistent workers keep their own copy of the data set, so a per-epoch setting made in
+        # the main process (set_epoch of the cropping sources) would never reach them.
+        persistent_workers = workers > 0 and not hasattr(dataset, "set_epoch")
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     extra = {}
@@ -328,6 +439,16 @@ def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: i
         extra["persistent_workers"] = bool(persistent_workers)
         if prefetch_factor is not None:
             extra["prefetch_factor"] = int(prefetch_factor)
+    if world is not None and world.distributed:
+        from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+        from pace_cli.distributed import ShardedBatchSampler, local_batch_size
+
+        local_batch_size(int(batch_size), world)  # refuses a batch that does not divide
+        order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        global_batches = BatchSampler(order, int(batch_size), drop_last)
+        return DataLoader(dataset, batch_sampler=ShardedBatchSampler(global_batches, world), generator=generator,
+                          num_workers=workers, pin_memory=bool(pin_memory), **extra)
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle, generator=generator,
                       drop_last=drop_last, num_workers=workers, pin_memory=bool(pin_memory), **extra)
 
@@ -478,6 +599,168 @@ def _build_vtab1k(root: Path, split: str, common: dict) -> PaceDataset:
                         "paths are relative to [data] root")
     classes = [str(i) for i in range(max_label + 1)]
     return _FileDataset(paths, root, classes=classes, labels=[lab for _, lab, _ in entries], **common)
+
+
+# ---------------------------------------------------------------- fewshot and fgvc
+
+
+def fewshot_list(layout: str, split: str, shots: int | None, seed: int) -> tuple[str, str]:
+    """``(list file under annotations/, default image folder under root)`` of one few-shot split.
+
+    ``fgvc`` layout (NOAH's few-shot FGVC sets): ``train`` is
+    ``train_meta.list.num_shot_{shots}.seed_{seed}``, ``val`` ``val_meta.list``, ``test``
+    ``test_meta.list``, all under ``images/``. ``imagenet`` layout (domain adaptation): ``train``
+    is the same k-shot list and ``val`` the held-out search list
+    ``unofficial_val_list_4_shot16seed0``, both under ``train/``; ``test`` is the official
+    ``val_meta.list`` under ``val/``. Any other split name is taken as a list file name.
+    """
+    if layout not in FEWSHOT_LAYOUTS:
+        raise PaceError(f"unknown fewshot_layout {layout!r}; use one of: " + ", ".join(FEWSHOT_LAYOUTS))
+    shot_list = f"train_meta.list.num_shot_{shots}.seed_{seed}"
+    if layout == "fgvc":
+        named = {"train": shot_list, "val": "val_meta.list", "test": "test_meta.list"}
+        return named.get(split, split), "images"
+    named = {"train": (shot_list, "train"), "val": ("unofficial_val_list_4_shot16seed0", "train"),
+             "test": ("val_meta.list", "val")}
+    return named.get(split, (split, "train"))
+
+
+def _class_ids(ids) -> tuple[list[int], dict[int, int]]:
+    """Sorted distinct raw ids and the map raw id -> 0-based class."""
+    ordered = sorted(set(ids))
+    return ordered, {raw: i for i, raw in enumerate(ordered)}
+
+
+def _pick_image_folder(root: Path, rels: list[str], candidates: Sequence[str], explicit: bool,
+                       listing: Path) -> Path:
+    """The folder the listed paths are relative to: the first candidate holding the first image.
+
+    When nothing matches, an explicit folder is kept so the missing-image error names it.
+    """
+    first = rels[0] if rels else None
+    for cand in candidates:
+        folder = (root / cand) if cand not in (".", "") else root
+        if first is None or (folder / first).is_file():
+            return folder
+    # Some copies of the lists carry the folder prefix themselves (train/n0144.../x.JPEG).
+    if first is not None and (root / first).is_file():
+        return root
+    if explicit:
+        return (root / candidates[0]) if candidates[0] not in (".", "") else root
+    tried = ", ".join(str(root / c) if c != "." else str(root) for c in candidates)
+    raise PaceError(f"image {first} (first entry of {listing}) not found under any of: {tried}; "
+                    "set [data] image_dir to the folder the listed paths are relative to")
+
+
+def _check_files(paths: list[Path], where: Sequence[str], listing: Path) -> None:
+    missing = [(p, w) for p, w in zip(paths, where) if not p.is_file()]
+    if missing:
+        path, w = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise PaceError(f"image {path} listed {w} of {listing} not found{more}; "
+                        "check [data] root and image_dir, or remove the entry")
+
+
+def _build_fewshot(root: Path, split: str, common: dict, *, image_dir: str | None, layout: str,
+                   list_shots: int | None, seed: int, train: bool) -> PaceDataset:
+    list_name, default_dir = fewshot_list(layout, split, list_shots, seed)
+    if split == "train" and list_shots is None:
+        raise PaceError(f"fewshot split 'train' needs [data] shots = k to pick "
+                        f"annotations/train_meta.list.num_shot_k.seed_{seed} under {root}")
+    list_file = root / "annotations" / list_name
+    if not list_file.is_file():
+        raise PaceError(f"fewshot list {list_file} not found; check [data] root (it holds annotations/), "
+                        "shots and seed, or the split name")
+    entries = _parse_vtab_list(list_file)
+    if not entries:
+        raise PaceError(f"fewshot list {list_file} has no images; add lines '<image> <label>' or pick another split")
+    # One label space for every split: the sorted class ids of the k-shot training list.
+    if list_shots is not None:
+        train_file = root / "annotations" / fewshot_list(layout, "train", list_shots, seed)[0]
+        if not train_file.is_file():
+            raise PaceError(f"fewshot training list {train_file} not found; it defines the classes of "
+                            "every split, check [data] shots and seed")
+        space_file = train_file
+        space_ids = [lab for _, lab, _ in (entries if train_file == list_file else _parse_vtab_list(train_file))]
+    else:
+        space_file, space_ids = list_file, [lab for _, lab, _ in entries]
+    ordered, index = _class_ids(space_ids)
+    labels = []
+    for _, raw, lineno in entries:
+        if raw not in index:
+            raise PaceError(f"{list_file} line {lineno}: class id {raw} does not occur in {space_file.name}, "
+                            "which defines the classes; fix the label or the lists")
+        labels.append(index[raw])
+    rels = [rel for rel, _, _ in entries]
+    candidates = [image_dir] if image_dir is not None else [default_dir]
+    folder = _pick_image_folder(root, rels, candidates, explicit=True, listing=list_file)
+    paths = [folder / rel for rel in rels]
+    _check_files(paths, [f"on line {ln}" for _, _, ln in entries], list_file)
+    ds = _CropFileDataset(paths, folder, augment=train, aug_seed=seed, classes=[str(c) for c in ordered],
+                          labels=labels, **common)
+    ds.class_ids = ordered
+    return ds
+
+
+def _read_fgvc_json(path: Path) -> list[tuple[str, int]]:
+    if not path.is_file():
+        raise PaceError(f"fgvc file {path} not found; [data] root must hold train.json, val.json and test.json")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PaceError(f"cannot read fgvc file {path}: {_one_line(exc)}; it must be one JSON object "
+                        "mapping image paths to class ids") from None
+    if not isinstance(raw, dict):
+        raise PaceError(f"fgvc file {path} holds a JSON {type(raw).__name__}, not an object mapping "
+                        "image paths to class ids")
+    if not raw:
+        raise PaceError(f"fgvc file {path} has no images (empty JSON object); add images or pick another split")
+    out = []
+    for rel, label in raw.items():
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            raise PaceError(f"fgvc file {path}: class id {label!r} of {rel!r} is not a non-negative integer")
+        out.append((rel, label))
+    return out
+
+
+def _build_fgvc(root: Path, split: str, common: dict, *, image_dir: str | None, seed: int,
+                train: bool) -> PaceDataset:
+    if split not in FGVC_SPLITS:
+        raise _unknown_split("fgvc", split, FGVC_SPLITS)
+    files_ = ["train", "val"] if split == "trainval" else [split]
+    entries: list[tuple[str, int, Path]] = []
+    for name in files_:
+        path = root / f"{name}.json"
+        entries += [(rel, lab, path) for rel, lab in _read_fgvc_json(path)]
+    train_file = root / "train.json"
+    train_ids = ([lab for _, lab, f in entries if f == train_file] if "train" in files_
+                 else [lab for _, lab in _read_fgvc_json(train_file)])
+    # NABirds' ids are not contiguous: the sorted training ids become 0..n-1 for every split.
+    ordered, index = _class_ids(train_ids)
+    labels = []
+    for rel, raw, path in entries:
+        if raw not in index:
+            raise PaceError(f"fgvc file {path}: class id {raw} of {rel!r} does not occur in {train_file}, "
+                            "which defines the classes; fix the id or add training images of that class")
+        labels.append(index[raw])
+    rels = [rel for rel, _, _ in entries]
+    candidates = [image_dir] if image_dir is not None else list(FGVC_IMAGE_DIRS)
+    folder = _pick_image_folder(root, rels, candidates, explicit=image_dir is not None, listing=entries[0][2])
+    paths = [folder / rel for rel in rels]
+    missing = [(p, f) for p, (_, _, f) in zip(paths, entries) if not p.is_file()]
+    if missing:
+        path, listing = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise PaceError(f"image {path} listed in {listing} not found{more}; "
+                        "check [data] root and image_dir, or remove the entry")
+    ds = _CropFileDataset(paths, folder, augment=train, aug_seed=seed, classes=[str(c) for c in ordered],
+                          labels=labels, **common)
+    ds.class_ids = ordered
+    return ds
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 # ---------------------------------------------------------------- fashion-mnist

@@ -32,33 +32,42 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, *, class_names: list[str], split: str,
-             device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> EvalResult:
-    """Run the model in eval mode over the loader (no noise, no dropout)."""
+             device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+             sharded: bool = False) -> EvalResult:
+    """Run the model in eval mode over the loader (no noise, no dropout).
+
+    Counts stay on the device until the end (no host synchronisation per batch). With ``sharded``
+    the loader holds this process's share of the split and the counts are summed over processes,
+    so every rank returns the result for the whole split.
+    """
     was_training = model.training
     model.eval()
     num_classes = len(class_names)
-    correct = torch.zeros(num_classes, dtype=torch.long)
-    totals = torch.zeros(num_classes, dtype=torch.long)
-    top5_hits = 0
-    loss_sum = 0.0
     device = torch.device(device)
+    # per class: hits, totals; then top-5 hits and the summed loss (float64 so counts stay exact)
+    counts = torch.zeros(2 * num_classes + 2, dtype=torch.float64, device=device)
     start = time.perf_counter()
     for images, labels, _ in loader:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(images)
         logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        predicted = logits.argmax(dim=1)
-        hit = (predicted == labels).cpu()
-        labels_cpu = labels.cpu()
-        totals += torch.bincount(labels_cpu, minlength=num_classes)[:num_classes]
-        correct += torch.bincount(labels_cpu[hit], minlength=num_classes)[:num_classes]
+        labels_in_range = labels.clamp(max=num_classes - 1)
+        hit = logits.argmax(dim=1) == labels
+        counts[:num_classes] += torch.bincount(labels_in_range[hit], minlength=num_classes)[:num_classes]
+        counts[num_classes:2 * num_classes] += torch.bincount(labels_in_range, minlength=num_classes)[:num_classes]
         if logits.shape[1] >= 5:
-            top5 = logits.topk(5, dim=1).indices
-            top5_hits += (top5 == labels[:, None]).any(dim=1).sum().item()
+            counts[-2] += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
+        counts[-1] += nn.functional.cross_entropy(logits, labels, reduction="sum")
+    if sharded:
+        from pace_cli import distributed
+
+        distributed.all_reduce_sum(counts)
+    counts = counts.cpu()
     seconds = time.perf_counter() - start
     model.train(was_training)
+    correct, totals = counts[:num_classes].long(), counts[num_classes:2 * num_classes].long()
+    top5_hits, loss_sum = counts[-2].item(), counts[-1].item()
     samples = int(totals.sum())
     per_class = {name: (correct[i] / totals[i]).item() if totals[i] else float("nan")
                  for i, name in enumerate(class_names)}

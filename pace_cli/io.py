@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import secrets
+import shutil
 import struct
 import sys
 import warnings
@@ -27,6 +28,7 @@ from pace_cli.errors import PaceError
 __all__ = [
     "FORMAT_VERSION",
     "atomic_path",
+    "atomic_dir",
     "check_can_write",
     "save_tensors",
     "save_tensors_streaming",
@@ -132,6 +134,45 @@ def check_can_write(path: Path, overwrite: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PaceError(f"cannot create folder '{path.parent}' for '{path}': {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``final``; put it in ``final``'s place if the block succeeds.
+
+    The folder analogue of :func:`atomic_path`: readers see the old folder or the complete new one,
+    never a half-written mix. An existing ``final`` is moved aside first and deleted only after the
+    new folder is in place (callers decide whether replacing it is allowed); on any exception the
+    temporary folder is removed and the old one, if moved, is put back.
+    """
+    final = Path(final)
+    token = secrets.token_hex(4)
+    tmp = final.with_name(f".{final.name}.tmp-{token}")
+    aside = final.with_name(f".{final.name}.old-{token}")
+    tmp.mkdir()
+    moved_aside = False
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            _fsync(child)
+            with contextlib.suppress(OSError):
+                os.chmod(child, 0o666 & ~_current_umask())
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o777 & ~_current_umask())
+        _fsync_dir(tmp)
+        if final.exists():
+            os.replace(final, aside)
+            moved_aside = True
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if moved_aside and not final.exists():
+            with contextlib.suppress(OSError):
+                os.replace(aside, final)
+        raise
+    _fsync_dir(final.parent)
+    if moved_aside:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_tensors(

@@ -143,11 +143,3 @@ def base_fingerprints(model: nn.Module) -> dict[str, str]:
 
     return {name: io.fingerprint((key, tensor.to(dtype)) for key, tensor in base_state_items(model))
             for name, dtype in FINGERPRINT_DTYPES.items()}
-
-
-def pick_device(choice: str = "auto") -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise PaceError("[train] device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(choice)

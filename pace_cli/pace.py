@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pace_cli import distributed
 from pace_cli.adapters import adapted_layers, adapters_disabled, head_module_name, sample_noise
+from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
 
 VARIANTS = ("off", "pace", "lazy", "fast")
@@ -71,12 +73,21 @@ def sigma_schedule(
 
 class PairState:
     """Whether the batch flowing through the model right now is [x; x] (two copies of each sample),
-    and how many samples it holds (2B once duplicated), for the adapters' per-sample noise."""
+    how many samples it holds (2B once duplicated), for the adapters' per-sample noise, and where
+    those samples sit in the global batch (``layout``), so random draws do not depend on the rank."""
 
     def __init__(self):
         self.armed = False
         self.paired = False
         self.samples: int | None = None
+        self.layout: SampleLayout | None = None
+
+    def uniform(self, like: Tensor, rows: int, rest: tuple[int, ...]) -> Tensor:
+        """U[0, 1) draws [rows, *rest] for one copy of the batch's samples, from the step's generator
+        when there is one."""
+        if self.layout is None:
+            return like.new_empty((rows,) + rest).uniform_()
+        return self.layout.draw(rows, rest, copies=1, normal=False, dtype=like.dtype)
 
 
 class SharedDropPath(nn.Module):
@@ -93,7 +104,7 @@ class SharedDropPath(nn.Module):
             return x
         keep = 1.0 - self.drop_prob
         rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
-        mask = x.new_empty((rows,) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        mask = (self.state.uniform(x, rows, (1,) * (x.dim() - 1)) < keep).to(x.dtype)
         if self.state.paired:
             mask = torch.cat([mask, mask])
         if self.scale_by_keep and keep > 0:
@@ -117,7 +128,7 @@ class SharedDropout(nn.Module):
             return x
         keep = 1.0 - self.p
         rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
-        mask = x.new_empty((rows,) + tuple(x.shape[1:])).bernoulli_(keep).div_(keep)
+        mask = (self.state.uniform(x, rows, tuple(x.shape[1:])) < keep).to(x.dtype).div_(keep)
         if self.state.paired:
             mask = torch.cat([mask, mask])
         return x * mask
@@ -150,11 +161,14 @@ def share_random_masks(model: nn.Module, state: PairState) -> int:
     return swapped
 
 
-def _head_noise_hook(module: nn.Module, inputs, output: Tensor):
-    sigma = getattr(module, "pace_sigma", 0.0)
-    if module.training and sigma > 0:
-        return output * sample_noise(output, sigma)
-    return None
+def _head_noise_hook(state: PairState):
+    def hook(module: nn.Module, inputs, output: Tensor):
+        sigma = getattr(module, "pace_sigma", 0.0)
+        if module.training and sigma > 0:
+            return output * sample_noise(output, sigma, batch=state)
+        return None
+
+    return hook
 
 
 def _duplicate_hook(state: PairState):
@@ -194,26 +208,42 @@ class PaceConfig:
 
 @dataclass
 class LossParts:
+    """One step's loss on this process's share of the global batch.
+
+    ``ce`` and ``consistency`` are this share's contributions to the global batch means (summed
+    over processes they give the means); ``total`` is what to back-propagate: scaled so that the
+    gradient average DistributedDataParallel takes over processes is the global-batch gradient.
+    ``loss`` is the contribution to the logged total loss.
+    """
+
     total: Tensor
     ce: Tensor
     consistency: Tensor
     logits: Tensor  # logits of the samples the CE was taken on (for train accuracy)
     labels: Tensor
+    loss: Tensor
 
 
 class PaceRegularizer:
     """Installs PACE on an adapter-injected model and computes the training loss.
 
     Installing sets each adapted layer's noise strength from the depth schedule, adds noise to
-    the head output, shares drop masks between copies, and hooks the first noisy block so that
-    everything before it (patch embedding, noise-free blocks) runs once on B samples and is
-    duplicated only where the copies start to differ.
+    the head output, makes drop masks shared by the two copies of a sample and keyed by the
+    sample's place in the global batch, and hooks the first noisy block so that everything before
+    it (patch embedding, noise-free blocks) runs once on B samples and is duplicated only where
+    the copies start to differ.
+
+    ``forward_model`` is what the loss calls: the model itself, or its DistributedDataParallel
+    wrapper (set by the training loop); hooks live on the model underneath.
     """
 
     def __init__(self, model: nn.Module, config: PaceConfig, num_train_samples: int | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, *, seed: int = 0, world: World | None = None):
         self.model = model
+        self.forward_model: nn.Module = model
         self.config = config
+        self.seed = seed
+        self.world = world or World()
         self.state = PairState()
         self.head_name = head_module_name(model)
         layers = adapted_layers(model)
@@ -224,21 +254,24 @@ class PaceRegularizer:
             layer.batch_state = self.state
         head = model.get_submodule(self.head_name)
         head.pace_sigma = self.sigmas[self.head_name]
-        self._hooks = [head.register_forward_hook(_head_noise_hook),
+        self._hooks = [head.register_forward_hook(_head_noise_hook(self.state)),
                        model.register_forward_pre_hook(_count_samples_hook(self.state))]
+        # Every variant gets the keyed drop masks, so dropout and stochastic depth, too, do not
+        # depend on the number of processes.
+        share_random_masks(model, self.state)
         self.duplicate_at = ""
         if config.variant in ("pace", "lazy"):
-            share_random_masks(model, self.state)
             self.duplicate_at = self._first_noisy_module(list(layers), config.noise_free_blocks)
             if self.duplicate_at:
                 hook = _duplicate_hook(self.state)
                 self._hooks.append(model.get_submodule(self.duplicate_at).register_forward_pre_hook(hook))
+        device = next(model.parameters()).device
+        self.generator = torch.Generator(device=device)
         self.memory: Tensor | None = None
         self.seen: Tensor | None = None
         if config.variant == "fast":
             if not num_train_samples or not num_classes:
                 raise PaceError("the fast PACE variant needs the training-set size and the number of classes")
-            device = next(model.parameters()).device
             self.memory = torch.zeros(num_train_samples, num_classes, device=device)
             self.seen = torch.zeros(num_train_samples, dtype=torch.bool, device=device)
 
@@ -268,7 +301,7 @@ class PaceRegularizer:
             if not self.duplicate_at:
                 self.state.paired = True
                 images = torch.cat([images, images])
-            logits = self.model(images)
+            logits = self.forward_model(images)
         finally:
             self.state.armed = False
             self.state.paired = False
@@ -276,25 +309,48 @@ class PaceRegularizer:
             raise RuntimeError("the duplication hook did not fire; the model's forward skipped the hooked module")
         return logits
 
+    def use_step_noise(self, step: int, global_size: int, offset: int, local_size: int) -> None:
+        """Draw the coming forward pass's noise and masks from the generator keyed by (seed, step)."""
+        self.state.layout = SampleLayout.for_step(self.generator, self.seed, step, global_size, offset, local_size)
+
     def loss(self, images: Tensor, labels: Tensor, indices: Tensor | None = None, step: int = 0) -> LossParts:
+        """The loss on this process's share of global batch ``step`` (equal shares on every rank)."""
         variant = self.config.variant
+        world = self.world
+        local = images.shape[0]
+        global_size, offset = local * world.size, local * world.rank
         if variant == "pace" or (variant == "lazy" and step % self.config.lazy_interval == 0):
             if variant == "lazy":
-                half = max(1, images.shape[0] // 2)
-                images, labels = images[:half], labels[:half]
+                # Every other sample of the global batch (even positions): the same samples
+                # whatever the number of processes.
+                keep = torch.arange(offset, offset + local) % 2 == 0
+                images, labels = images[keep.to(images.device)], labels[keep.to(labels.device)]
+                offset, global_size = (offset + 1) // 2, (global_size + 1) // 2
+                local = images.shape[0]
+            self.use_step_noise(step, global_size, offset, local)
             logits = self.paired_forward(images).float()
             first, second = logits.chunk(2)
-            ce = F.cross_entropy(first, labels)
-            consistency = (first - second).pow(2).sum(dim=1).mean()
-            return LossParts(ce + self.config.lam * consistency, ce, consistency, first, labels)
-        logits = self.model(images).float()
-        ce = F.cross_entropy(logits, labels)
-        consistency = logits.new_zeros(())
+            ce_sum = F.cross_entropy(first, labels, reduction="sum")
+            consistency_sum = (first - second).pow(2).sum()
+            return self._parts(ce_sum, consistency_sum, global_size, first, labels)
+        self.use_step_noise(step, global_size, offset, local)
+        logits = self.forward_model(images).float()
+        ce_sum = F.cross_entropy(logits, labels, reduction="sum")
+        consistency_sum = logits.new_zeros(())
         if variant == "fast":
-            consistency = self._fast_consistency(logits, indices)
-        return LossParts(ce + self.config.lam * consistency, ce, consistency, logits, labels)
+            consistency_sum = self._fast_consistency(logits, indices)
+        return self._parts(ce_sum, consistency_sum, global_size, logits, labels)
+
+    def _parts(self, ce_sum: Tensor, consistency_sum: Tensor, global_size: int, logits: Tensor,
+               labels: Tensor) -> LossParts:
+        ce = ce_sum / global_size
+        consistency = consistency_sum / global_size
+        loss = ce + self.config.lam * consistency
+        return LossParts(loss * self.world.size, ce, consistency, logits, labels, loss)
 
     def _fast_consistency(self, logits: Tensor, indices: Tensor | None) -> Tensor:
+        """Sum over this share of ||logits − remembered logits||²; the memory is kept the same on
+        every rank by gathering all ranks' logits before writing them."""
         if indices is None:
             raise PaceError("the fast PACE variant needs sample indices from the data loader")
         indices = indices.to(self.memory.device)
@@ -302,9 +358,11 @@ class PaceRegularizer:
         # Unlike the authors' zero-initialised buffer, a sample's first visit contributes nothing,
         # so epoch 1 is not pulled towards all-zero logits.
         distance = (logits - self.memory[indices]).pow(2).sum(dim=1)
-        consistency = (distance * seen).sum() / logits.shape[0]
-        self.memory[indices] = logits.detach().float()
-        self.seen[indices] = True
+        consistency = (distance * seen).sum()
+        all_indices = distributed.all_gather_rows(indices)
+        all_logits = distributed.all_gather_rows(logits.detach().float())
+        self.memory[all_indices] = all_logits
+        self.seen[all_indices] = True
         return consistency
 
     def state_dict(self) -> dict[str, Tensor]:

@@ -38,6 +38,8 @@ __all__ = [
     "OptimSection",
     "TrainSection",
     "OutputSection",
+    "EvalTarget",
+    "EvalSection",
     "Recipe",
     "SECTIONS",
     "load_recipe",
@@ -151,22 +153,56 @@ class ModelSection(_Section):
         return self
 
 
+SourceName = Literal["imagefolder", "vtab1k", "fewshot", "fgvc", "fashion-mnist", "digits", "synthetic"]
+# Sources that read files under a root folder, and the keys only some sources read: a key set
+# for a source that ignores it is an error, so a recipe never carries settings that do nothing.
+_ROOTED_SOURCES = ("imagefolder", "vtab1k", "fewshot", "fgvc")
+_SOURCE_ONLY_KEYS = {"image_dir": ("fewshot", "fgvc"), "fewshot_layout": ("fewshot",)}
+
+
+def _check_source_keys(section: BaseModel, source: str, where: str) -> None:
+    for key, sources in _SOURCE_ONLY_KEYS.items():
+        if getattr(section, key, None) is not None and source not in sources:
+            raise ValueError(
+                f"{where}{key} is only read by source = {' or '.join(repr(s) for s in sources)}, "
+                f"not {source!r}; remove it"
+            )
+
+
 class DataSection(_Section):
-    source: Literal["imagefolder", "vtab1k", "fashion-mnist", "digits", "synthetic"] = Field(
-        description="Dataset kind."
+    source: SourceName = Field(description="Dataset kind.")
+    root: str | None = Field(None, description="Dataset folder (needed for imagefolder, vtab1k, fewshot, fgvc).")
+    image_dir: str | None = Field(
+        None, min_length=1,
+        description="fewshot/fgvc: folder under root the listed image paths are relative to ('.' = root); "
+        "unset = images/ (fewshot, imagenet layout: train/ and val/) or, for fgvc, the first of images/, "
+        "Images/, root holding the first listed image.",
     )
-    root: str | None = Field(None, description="Dataset folder (needed for imagefolder and vtab1k).")
+    fewshot_layout: Literal["fgvc", "imagenet"] | None = Field(
+        None,
+        description="fewshot: 'fgvc' (default; splits train/val/test under images/) or 'imagenet' (domain "
+        "adaptation: train and the held-out search list 'val' under train/, test = val_meta.list under val/).",
+    )
     train_split: str = Field("train", description="Split used for training.")
     val_split: str | None = Field("val", description="Validation split; empty string = none.")
     test_split: str | None = Field("test", description="Test split; empty string = none.")
+    trainval_split: str | None = Field(
+        None, description="Split holding train + val together (e.g. 'trainval', 'train800val200'): "
+        "`pace sweep --final` retrains the chosen setting on it; empty string = none."
+    )
     batch_size: int = Field(64, gt=0, description="Training batch size.")
     eval_batch_size: int = Field(256, gt=0, description="Evaluation batch size.")
     image_size: int | None = Field(None, gt=0, description="Resize target; unset = the model's img_size.")
     channels: Literal[1, 3] = Field(3, description="Image channels fed to the model (1 or 3).")
     mean: list[float] | None = Field(None, min_length=1, description="Per-channel normalisation mean.")
     std: list[float] | None = Field(None, min_length=1, description="Per-channel normalisation std (> 0).")
-    shots: int | None = Field(None, gt=0, description="Keep only this many training images per class.")
-    seed: int = Field(0, description="Seed for subsampling and splits.")
+    shots: int | None = Field(
+        None, gt=0,
+        description="Keep only this many training images per class; for fewshot (required) it picks the list "
+        "annotations/train_meta.list.num_shot_{shots}.seed_{seed}.",
+    )
+    seed: int = Field(0, description="Seed for subsampling and splits; for fewshot, the list's seed; for "
+                      "fewshot/fgvc also the seed of the random crops.")
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes; auto = 0 without CUDA, up to 8 with CUDA."
     )
@@ -190,8 +226,17 @@ class DataSection(_Section):
             raise ValueError(
                 f"mean has {len(self.mean)} values but std has {len(self.std)}, give both the same length"
             )
-        if self.source in ("imagefolder", "vtab1k") and self.root is None:
+        if self.trainval_split is not None and self.trainval_split == self.test_split:
+            raise ValueError(
+                f"trainval_split and test_split are both '{self.test_split}'; the final runs would train on "
+                "the test images, point trainval_split at the train + val split"
+            )
+        if self.source in _ROOTED_SOURCES and self.root is None:
             raise ValueError(f"source = '{self.source}' needs root = \"<dataset folder>\"")
+        if self.source == "fewshot" and self.shots is None:
+            raise ValueError("source = 'fewshot' needs shots = k (1, 2, 4, 8 or 16): it picks "
+                             "annotations/train_meta.list.num_shot_k.seed_<seed>")
+        _check_source_keys(self, self.source, "")
         return self
 
 
@@ -251,6 +296,61 @@ class OutputSection(_Section):
     dir: str = Field("runs/pace", min_length=1, description="Run output folder.")
 
 
+class EvalTarget(_Section):
+    """One extra test set scored by `pace eval` with the same model (e.g. a shifted domain)."""
+
+    name: str = Field(min_length=1, description="Name shown in the table and the JSON.")
+    source: SourceName = Field(description="Dataset kind, as [data] source.")
+    root: str | None = Field(None, description="Dataset folder of the target.")
+    split: str = Field("test", min_length=1, description="Split of the target to score (fewshot: 'val' reads "
+                       "annotations/val_meta.list).")
+    restrict_logits: bool = Field(
+        description="true: score with the logits of the classes present in the target only (ImageNet-A/-R "
+        "protocol); false: all of the head's classes. Required so the choice is explicit."
+    )
+    class_map: Literal["name", "index"] = Field(
+        "name",
+        description="How target classes find their head output: 'name' matches the target's class names "
+        "(folder names, or the raw ids of fewshot/fgvc) with the training classes; 'index' takes its "
+        "0-based labels as head indices.",
+    )
+    image_dir: str | None = Field(None, min_length=1, description="fewshot/fgvc: image folder under root ('.' = root).")
+    fewshot_layout: Literal["fgvc", "imagenet"] | None = Field(None, description="fewshot: list layout, as in [data].")
+    seed: int | None = Field(None, description="synthetic: the seed of the generated set (unset = 0).")
+    synthetic_classes: int | None = Field(None, gt=0, description="synthetic: classes (unset = 10).")
+    synthetic_size: int | None = Field(None, gt=0, description="synthetic: images (unset = 64).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalTarget:
+        if not self.name.strip():
+            raise ValueError("name must not be blank")
+        if self.source in _ROOTED_SOURCES and self.root is None:
+            raise ValueError(f"target '{self.name}': source = '{self.source}' needs root = \"<dataset folder>\"")
+        _check_source_keys(self, self.source, f"target '{self.name}': ")
+        for key in ("seed", "synthetic_classes", "synthetic_size"):
+            if getattr(self, key) is not None and self.source != "synthetic":
+                raise ValueError(f"target '{self.name}': {key} is only read by source = 'synthetic', "
+                                 f"not {self.source!r}; remove it")
+        return self
+
+
+class EvalSection(_Section):
+    targets: list[EvalTarget] = Field(
+        default_factory=list,
+        description="Extra test sets that `pace eval` scores with the same model ([[eval.targets]] tables).",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, v: list[EvalTarget]) -> list[EvalTarget]:
+        seen: set[str] = set()
+        for t in v:
+            if t.name in seen:
+                raise ValueError(f"two targets are named '{t.name}'; give each a unique name")
+            seen.add(t.name)
+        return v
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -261,6 +361,7 @@ class Recipe(BaseModel):
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
 
 
 SECTIONS: tuple[str, ...] = tuple(Recipe.model_fields)
@@ -374,6 +475,7 @@ def recipe_to_toml(recipe: Recipe) -> str:
         section: BaseModel = getattr(recipe, section_name)
         values = section.model_dump(by_alias=True)
         nested: dict[str, dict] = {}
+        arrays: dict[str, list] = {}
         if lines:
             lines.append("")
         lines.append(f"[{section_name}]")
@@ -382,6 +484,9 @@ def recipe_to_toml(recipe: Recipe) -> str:
             value = values[key]
             if isinstance(value, dict):
                 nested[key] = value
+                continue
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                arrays[key] = value
                 continue
             if value is None:
                 if info.default is None:
@@ -394,6 +499,12 @@ def recipe_to_toml(recipe: Recipe) -> str:
             lines.append("")
             lines.append(f"[{section_name}.{_toml_key(key)}]")
             lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items())
+        for key, tables in arrays.items():
+            for table in tables:
+                lines.append("")
+                lines.append(f"[[{section_name}.{_toml_key(key)}]]")
+                # TOML has no null: an unset key is left out (its default is None).
+                lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None)
     return "\n".join(lines) + "\n"
 
 
@@ -486,6 +597,8 @@ def _format_one(err: dict) -> str:
     if kind == "missing":
         return f"missing required key [{section}] {key}"
     annotation = _annotation_at(section_cls, loc[1:])
+    if kind == "value_error" and isinstance(value, dict):  # a whole table's rule: its dump says nothing
+        return f"[{section}] {key}: {_describe(err, annotation)}"
     return f"[{section}] {key} = {_show(value)}: {_describe(err, annotation)}"
 
 

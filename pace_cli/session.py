@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pace_cli import io
+from pace_cli import distributed, io
 from pace_cli.adapters import AdapterConfig, inject_adapters, load_adapter_state_dict
 from pace_cli.artifacts import file_role, read_adapter, read_file_metadata
 from pace_cli.builders import build_base_model, build_dataset, timm_kwargs
@@ -16,7 +16,7 @@ from pace_cli.data import make_loader
 from pace_cli.errors import PaceError
 from pace_cli.evaluate import EvalResult, evaluate
 from pace_cli.merge import merge_state_dict
-from pace_cli.models import base_state_items, load_state_into, pick_device
+from pace_cli.models import base_state_items, load_state_into
 from pace_cli.recipe import Recipe
 
 
@@ -65,17 +65,21 @@ def evaluate_recipe(recipe: Recipe, *, weights: Path | None = None, adapter: Pat
     split = split or recipe.data.test_split
     if not split:
         raise PaceError("no split to evaluate: pass --split or set [data] test_split")
+    world = distributed.init_from_environment(recipe.train.device)
     dataset = build_dataset(recipe, split)
     model, metadata = build_eval_model(recipe, weights=weights, adapter=adapter, unmerged=unmerged,
                                        fallback_classes=len(dataset.classes))
-    device = pick_device(recipe.train.device)
+    device = distributed.resolve_device(recipe.train.device, world)
     model.to(device)
-    loader = make_loader(dataset, recipe.data.eval_batch_size, shuffle=False, num_workers=recipe.data.num_workers)
     num_classes = model.get_classifier().out_features
     if max(dataset.labels, default=0) >= num_classes:
         raise PaceError(f"split '{split}' has labels up to {max(dataset.labels)} but the model has "
                         f"{num_classes} outputs; is this the right data for these weights?")
-    return evaluate(model, loader, class_names=_names(metadata, dataset, num_classes), split=split, device=device)
+    # Under torchrun each process scores its share of the split and the counts are summed.
+    share = torch.utils.data.Subset(dataset, distributed.shard_range(len(dataset), world)) if world.distributed else dataset
+    loader = make_loader(share, recipe.data.eval_batch_size, shuffle=False, num_workers=recipe.data.num_workers)
+    return evaluate(model, loader, class_names=_names(metadata, dataset, num_classes), split=split, device=device,
+                    sharded=world.distributed)
 
 
 def describe_file(path: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pace_cli import artifacts, io
+from pace_cli import artifacts, distributed, io
 from pace_cli.adapters import InjectionReport, adapter_state_dict, load_adapter_state_dict
 from pace_cli.checkpoint import CHECKPOINT_FILE, Checkpoint, Position, load_checkpoint, recipe_differences, save_checkpoint
 from pace_cli.builders import (
@@ -27,7 +27,7 @@ from pace_cli.builders import (
 from pace_cli.data import make_loader
 from pace_cli.errors import PaceError
 from pace_cli.evaluate import EvalResult, evaluate
-from pace_cli.models import base_fingerprints, pick_device
+from pace_cli.models import base_fingerprints
 from pace_cli.pace import PaceRegularizer, fp_distance
 from pace_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
 
@@ -148,14 +148,84 @@ def _prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool)
     return None
 
 
+# Running sums kept on the device between log points; summed over processes before being read.
+_DEVICE_KEYS = ("loss", "ce", "consistency", "grad_norm", "correct")
+_HOST_KEYS = ("seen", "steps", "images")
+
+
+class _RunningSums:
+    """Per-step metrics accumulated on the device, read only at log points (no per-step host sync).
+
+    Each process adds its share (loss parts are already shares of the global means; the gradient
+    norm, equal on every rank after DistributedDataParallel's all-reduce, is added divided by the
+    world size), so the sum over processes is the global figure. Counts known on the host stay
+    there. ``first_bad_step`` remembers the first step whose loss was not finite, so a divergence
+    is reported at the step it happened even though it is noticed later.
+    """
+
+    def __init__(self, device: torch.device, world_size: int):
+        self.world_size = world_size
+        self.values = torch.zeros(len(_DEVICE_KEYS), dtype=torch.float64, device=device)
+        self.host = dict.fromkeys(_HOST_KEYS, 0.0)
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def add(self, parts, grad_norm: torch.Tensor, step: int) -> None:
+        correct = (parts.logits.argmax(1) == parts.labels).sum()
+        self.values += torch.stack([parts.loss.detach(), parts.ce.detach(), parts.consistency.detach(),
+                                    grad_norm.detach() / self.world_size, correct]).double()
+        bad = ~torch.isfinite(parts.loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, self.first_bad_step.new_full((), step), self.first_bad_step)
+        self.host["seen"] += parts.labels.shape[0]
+        self.host["steps"] += 1.0 / self.world_size
+        self.host["images"] += parts.labels.shape[0]
+
+    def reduced(self) -> tuple[dict[str, float], int | None]:
+        """The global sums and the first non-finite step (-1: none; None: on another rank).
+
+        Every rank must call this at the same point: it is a collective.
+        """
+        device = self.values.device
+        flag = (self.first_bad_step >= 0).double().view(1)
+        host = torch.tensor([self.host[k] for k in _HOST_KEYS], dtype=torch.float64, device=device)
+        packed = distributed.all_reduce_sum(torch.cat([self.values, host, flag])).cpu().tolist()
+        sums = dict(zip(_DEVICE_KEYS + _HOST_KEYS, packed[:-1]))
+        if packed[-1] == 0:
+            return sums, -1
+        local = int(self.first_bad_step.item())
+        return sums, local if local >= 0 else None
+
+    def reset(self, saved: dict[str, float] | None = None) -> None:
+        """Start from zero, or from a checkpoint's (global) sums."""
+        saved = saved or {}
+        self.values.copy_(torch.tensor([float(saved.get(k, 0.0)) for k in _DEVICE_KEYS], dtype=torch.float64))
+        self.host = {k: float(saved.get(k, 0.0)) for k in _HOST_KEYS}
+        self.first_bad_step.fill_(-1)
+
+
+def _diverged(step: int | None, epoch: int) -> PaceError:
+    where = f"at step {step + 1}" if step is not None else "on another process"
+    return PaceError(f"training diverged: the loss became non-finite {where} (epoch {epoch + 1}); "
+                     "lower [optim] lr or [pace] lambda/sigma, or use precision = 'fp32'", exit_code=3)
+
+
+def _probe_images(dataset, count: int = 64) -> torch.Tensor:
+    """A fixed batch (the split's first images) for the FP-distance: the same on every process."""
+    return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+
+
 def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: TrainLogger | None = None,
           overwrite: bool = False, resume: bool = False, stop: threading.Event | None = None) -> TrainResult:
     """Train adapters with PACE as the recipe says; ``resume`` continues from the output dir's checkpoint.
 
     A checkpoint is saved every ``[train] checkpoint_every`` steps, at every epoch end, and when
     ``stop`` is set (SIGINT/SIGTERM set it): then :class:`TrainingInterrupted` is raised.
+
+    Under torchrun every process calls this; they train one model with DistributedDataParallel,
+    each on its share of every global batch, and only rank 0 writes files and reports progress.
     """
-    logger = logger or TrainLogger()
+    world = distributed.init_from_environment(recipe.train.device)
+    writer = world.is_writer
+    logger = (logger or TrainLogger()) if writer else TrainLogger()
     stop = stop or threading.Event()
     out = Path(output_dir or recipe.output.dir)
     adapter_path, metrics_path, recipe_path = out / ADAPTER_FILE, out / METRICS_FILE, out / RECIPE_FILE
@@ -164,26 +234,31 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
 
     # --- set-up: seed, device, data, model, regulariser, optimiser -------------------------------
     torch.manual_seed(recipe.train.seed)
-    device = pick_device(recipe.train.device)
+    device = distributed.resolve_device(recipe.train.device, world)
     amp_dtype = autocast_dtype(recipe.train.precision, device)
     train_set = build_dataset(recipe, recipe.data.train_split, train=True)
     val_set = build_dataset(recipe, recipe.data.val_split) if recipe.data.val_split else None
     num_classes = resolve_num_classes(recipe, train_set)
+    global_batch = min(recipe.data.batch_size, len(train_set))
+    distributed.local_batch_size(global_batch, world)  # a clear error before any model is built
     model, report = build_adapted_model(recipe, num_classes)
     fingerprints = base_fingerprints(model)
     model.to(device)
     regularizer = PaceRegularizer(model, pace_config(recipe), num_train_samples=len(train_set),
-                                  num_classes=num_classes)
+                                  num_classes=num_classes, seed=recipe.train.seed, world=world)
+    regularizer.forward_model = distributed.wrap_model(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    batch_size = min(recipe.data.batch_size, len(train_set))
-    loader = make_loader(train_set, batch_size, shuffle=True, seed=recipe.train.seed, drop_last=True,
-                         num_workers=recipe.data.num_workers)
-    val_loader = (make_loader(val_set, recipe.data.eval_batch_size, shuffle=False,
-                              num_workers=recipe.data.num_workers) if val_set else None)
-    probe_images = next(iter(val_loader or loader))[0][:64].to(device)  # fixed batch for the FP-distance
+    loader = make_loader(train_set, global_batch, shuffle=True, seed=recipe.train.seed, drop_last=True,
+                         num_workers=recipe.data.num_workers, world=world)
+    val_loader = None
+    if val_set is not None:
+        val_share = torch.utils.data.Subset(val_set, distributed.shard_range(len(val_set), world))
+        val_loader = make_loader(val_share, recipe.data.eval_batch_size, shuffle=False,
+                                 num_workers=recipe.data.num_workers)
+    probe_images = _probe_images(val_set or train_set).to(device)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * recipe.train.epochs
     schedule = dict(total_steps=total_steps, warmup_steps=steps_per_epoch * recipe.optim.warmup_epochs,
@@ -198,31 +273,39 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
         saved.restore_global_rng()
         position, epoch_sums = saved.position, saved.epoch_sums
         loader_state_at_epoch_start = saved.tensors["rng.loader_epoch_start"]
-    out.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(recipe_path) as tmp:
-        tmp.write_text(recipe_to_toml(recipe))
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        with io.atomic_path(recipe_path) as tmp:
+            tmp.write_text(recipe_to_toml(recipe))
     logger.start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, report=report,
-                 device=str(device), train_samples=len(train_set))
+                 device=_describe_device(device, world), train_samples=len(train_set))
 
     def save(next_position: Position, sums: dict[str, float], generator_state) -> None:
-        save_checkpoint(checkpoint_path, model_state=adapter_state_dict(model), optimizer=optimizer,
-                        pace_state=regularizer.state_dict(), loader_generator_at_epoch_start=generator_state,
-                        position=next_position, epoch_sums=sums, recipe=recipe)
+        if writer:
+            save_checkpoint(checkpoint_path, model_state=adapter_state_dict(model), optimizer=optimizer,
+                            pace_state=regularizer.state_dict(), loader_generator_at_epoch_start=generator_state,
+                            position=next_position, epoch_sums=sums, recipe=recipe)
+        distributed.barrier()  # nobody runs ahead (or exits) while rank 0 is still writing
 
     # --- the epoch loop ---------------------------------------------------------------------------
     step = position.step
     val_result: EvalResult | None = None
     started = time.perf_counter()
     images_seen = 0
-    with _metrics_log(metrics_path, keep_up_to_step=step if saved else None) as log, stop_on_signals(stop):
+    epoch_totals = _RunningSums(device, world.size)  # this epoch so far
+    window = _RunningSums(device, world.size)  # since the last logged step
+    last_logged: dict[str, Any] = {"ce": 0.0, "consistency": 0.0, "lr": 0.0, "images_per_s": 0.0}
+    metrics = _metrics_log(metrics_path, keep_up_to_step=step if saved else None) if writer else _no_log()
+    with metrics as log, stop_on_signals(stop), _peer_failures(world, out):
         for epoch in range(position.epoch, recipe.train.epochs):
             model.train()
-            epoch_start = time.perf_counter()
+            epoch_start = window_start = time.perf_counter()
             resuming_mid_epoch = saved is not None and epoch == position.epoch and position.batches_done > 0
-            if resuming_mid_epoch:
-                sums = dict(epoch_sums)
-            else:
-                sums = {"loss": 0.0, "ce": 0.0, "consistency": 0.0, "grad_norm": 0.0, "correct": 0, "seen": 0}
+            # On resume the saved sums are global; rank 0 carries them so the sum over ranks stays right.
+            epoch_totals.reset(epoch_sums if resuming_mid_epoch and writer else None)
+            if hasattr(train_set, "set_epoch"):
+                # random crops keyed by (seed, epoch, sample): the same for any worker or process count
+                train_set.set_epoch(epoch)
             if saved is not None and epoch == position.epoch:
                 loader.generator.set_state(loader_state_at_epoch_start)
             loader_state_at_epoch_start = loader.generator.get_state()
@@ -230,49 +313,56 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
             for batch_index, (images, labels, indices) in enumerate(loader):
                 if batch_index < skip:
                     continue  # already trained on before the interruption; same order, same RNG
-                step_start = time.perf_counter()
                 lr = learning_rate(step, **schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     parts = regularizer.loss(images, labels, indices, step)
-                if not torch.isfinite(parts.total):
-                    raise PaceError(
-                        f"training diverged: the loss became {parts.total.item()} at step {step + 1} (epoch {epoch + 1}); "
-                        "lower [optim] lr or [pace] lambda/sigma, or use precision = 'fp32'", exit_code=3)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(parts.total).backward()
                 scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip or float("inf")).item()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip or float("inf"))
                 scaler.step(optimizer)
                 scaler.update()
-
-                batch = images.shape[0]
-                images_seen += batch
-                sums["loss"] += parts.total.item()
-                sums["ce"] += parts.ce.item()
-                sums["consistency"] += parts.consistency.item()
-                sums["grad_norm"] += grad_norm
-                sums["correct"] += (parts.logits.argmax(1) == parts.labels).sum().item()
-                sums["seen"] += parts.labels.shape[0]
-                record = {"type": "step", "epoch": epoch + 1, "step": step + 1, "loss": parts.total.item(),
-                          "ce": parts.ce.item(), "consistency": parts.consistency.item(), "lr": lr,
-                          "grad_norm": grad_norm, "images_per_s": batch / (time.perf_counter() - step_start)}
-                logger.step(record)
-                if (step + 1) % recipe.train.log_every == 0:
-                    log(record)
+                epoch_totals.add(parts, grad_norm, step)
+                window.add(parts, grad_norm, step)
+                images_seen += images.shape[0] * world.size
                 step += 1
+
+                if step % recipe.train.log_every == 0:
+                    sums, bad = window.reduced()
+                    if bad != -1:
+                        raise _diverged(bad, epoch)
+                    count = max(sums["steps"], 1e-12)
+                    last_logged = {
+                        "type": "step", "epoch": epoch + 1, "step": step, "loss": sums["loss"] / count,
+                        "ce": sums["ce"] / count, "consistency": sums["consistency"] / count, "lr": lr,
+                        "grad_norm": sums["grad_norm"] / count,
+                        "images_per_s": sums["images"] / max(time.perf_counter() - window_start, 1e-9),
+                    }
+                    log(last_logged)
+                    window.reset()
+                    window_start = time.perf_counter()
+                logger.step({**last_logged, "epoch": epoch + 1, "step": step, "lr": lr})
+
+                stopping = distributed.any_rank(stop.is_set())
                 every = recipe.train.checkpoint_every
-                if stop.is_set() or (every and step % every == 0 and batch_index + 1 < steps_per_epoch):
+                if stopping or (every and step % every == 0 and batch_index + 1 < steps_per_epoch):
+                    sums, bad = epoch_totals.reduced()
+                    if bad != -1:
+                        raise _diverged(bad, epoch)  # never checkpoint a diverged state
                     save(Position(step, epoch, batch_index + 1), sums, loader_state_at_epoch_start)
-                if stop.is_set():
-                    signum = getattr(stop, "signum", signal.SIGINT)
+                if stopping:
+                    signum = getattr(stop, "signum", signal.SIGTERM if world.distributed else signal.SIGINT)
                     raise TrainingInterrupted(
                         f"interrupted at step {step} (epoch {epoch + 1}); checkpoint saved in '{out}'; "
                         f"continue with: pace train RECIPE --resume --output-dir {out}",
                         exit_code=128 + int(signum))
 
+            sums, bad = epoch_totals.reduced()
+            if bad != -1:
+                raise _diverged(bad, epoch)
             epoch_record: dict[str, Any] = {
                 "type": "epoch", "epoch": epoch + 1, "step": step,
                 "train_loss": sums["loss"] / steps_per_epoch,
@@ -287,7 +377,8 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
             last = epoch + 1 == recipe.train.epochs
             if val_loader and ((epoch + 1) % recipe.train.eval_every == 0 or last):
                 val_result = evaluate(model, val_loader, class_names=class_names(train_set, num_classes),
-                                      split=val_set.split, device=device, autocast_dtype=amp_dtype)
+                                      split=val_set.split, device=device, autocast_dtype=amp_dtype,
+                                      sharded=world.distributed)
                 epoch_record.update(val_top1=val_result.top1, val_loss=val_result.loss)
             log(epoch_record)
             logger.epoch(epoch_record)
@@ -305,10 +396,40 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
         class_names=class_names(train_set, num_classes), base_fingerprint=fingerprints["float32"], base_checkpoint=recipe.model.checkpoint,
         recipe_toml=recipe_to_toml(recipe), trainable_parameters=report.trainable_parameters,
         extra={"base_fingerprints": fingerprints, "val_top1": val_result.top1 if val_result else None, "epochs": recipe.train.epochs, "steps": step,
-               "recipe_json": recipe_to_dict(recipe)},
+               "recipe_json": recipe_to_dict(recipe), "world_size": world.size},
     )
-    io.save_tensors(adapter_path, adapter_state_dict(model), metadata)
+    if writer:
+        io.save_tensors(adapter_path, adapter_state_dict(model), metadata)
+    distributed.barrier()
     regularizer.remove()
     logger.finish()
     return TrainResult(out, adapter_path, metrics_path, recipe_path, step, seconds,
                        images_seen / seconds if seconds else 0.0, val_result, report)
+
+
+@contextmanager
+def _peer_failures(world, out: Path):
+    """A collective that failed because another process died becomes one line saying so."""
+    try:
+        yield
+    except RuntimeError as error:
+        text = " ".join(str(error).split())
+        from_peer = isinstance(error, torch.distributed.DistError) or any(
+            word in text for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out"))
+        if not (world.distributed and from_peer):
+            raise
+        raise PaceError(f"rank {world.rank}: another process of this run failed or vanished ({text[:160]}); "
+                        f"the last checkpoint in '{out}' is kept: continue with pace train RECIPE --resume "
+                        f"--output-dir {out}", exit_code=1) from error
+
+
+@contextmanager
+def _no_log():
+    yield lambda record: None
+
+
+def _describe_device(device: torch.device, world) -> str:
+    if not world.distributed:
+        return str(device)
+    backend = "NCCL" if device.type == "cuda" else "Gloo"
+    return f"{device.type} x {world.size} processes ({backend})"

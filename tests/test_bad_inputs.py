@@ -4,6 +4,7 @@ The cases double as the catalogue in docs/errors.md (`python scripts/error_catal
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,48 @@ def case_output_exists(tmp):
 def case_diverging_loss(tmp):
     path = recipe_with(tmp, "[train]", "[optim]\nlr = 1e30\nwarmup_epochs = 0\n[train]")
     return train_args(tmp, path), "diverged"
+
+
+# ---- interop (pace export / import-peft)
+
+
+def peft_folder(tmp: Path, config: dict, layer: str = "blocks.0.attn.qkv") -> Path:
+    """A PEFT LoRA folder for the tiny ViT of BASE_RECIPE (width 32, 3 classes)."""
+    folder = tmp / "peft"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2,
+                                                            "target_modules": ["qkv"], "modules_to_save": ["head"],
+                                                            **config}))
+    save_file({f"base_model.model.{layer}.lora_A.weight": torch.zeros(2, 32),
+               f"base_model.model.{layer}.lora_B.weight": torch.zeros(96, 2),
+               "base_model.model.head.weight": torch.zeros(3, 32), "base_model.model.head.bias": torch.zeros(3)},
+              str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def import_args(tmp: Path, folder: Path) -> list[str]:
+    return ["import-peft", str(folder), "--recipe", str(recipe(tmp)), "-o", str(tmp / "imported.safetensors")]
+
+
+def case_export_kind_peft_cannot_express(tmp):
+    adapter, _ = trained_adapter(tmp)  # lora_mul+vpt_add, the default kind
+    return ["export", str(adapter), "--format", "peft", "-o", str(tmp / "peft")], "pace merge"
+
+
+def case_import_peft_missing_folder(tmp):
+    return import_args(tmp, tmp / "no_such_peft"), "does not exist"
+
+
+def case_import_peft_not_lora(tmp):
+    return import_args(tmp, peft_folder(tmp, {"peft_type": "IA3"})), "peft_type"
+
+
+def case_import_peft_dora(tmp):
+    return import_args(tmp, peft_folder(tmp, {"use_dora": True})), "use_dora"
+
+
+def case_import_peft_target_not_in_model(tmp):
+    return import_args(tmp, peft_folder(tmp, {}, layer="blocks.5.attn.qkv")), "blocks.5.attn.qkv"
 
 
 CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}

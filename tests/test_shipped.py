@@ -11,10 +11,10 @@ from pace_cli.recipe import load_recipe
 from pace_cli.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+RECIPES = sorted((ROOT / "recipes").rglob("*.toml"))
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+@pytest.mark.parametrize("path", RECIPES, ids=[p.relative_to(ROOT / "recipes").as_posix() for p in RECIPES])
 def test_shipped_recipes_are_valid(path):
     recipe = load_recipe(path)
     import timm
