@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""What PACE costs: train-step time and memory per variant, eval throughput merged vs unmerged,
+"""What PACE costs: train-step time and memory against Hugging Face PEFT's LoRA, and per variant, eval throughput merged vs unmerged,
 `pace merge` against a file copy, and adapter size against base size.
 
 Everything compared is measured side by side in one run: repetitions are interleaved (the
@@ -189,6 +189,121 @@ def bench_train_memory(config: str, noise_free_blocks: int) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- 1c. against PEFT's LoRA (issue 10)
+
+PEFT_RANK = 8
+# name -> (adapter kind, PACE variant, factored lora_add forward); "peft" is Hugging Face PEFT's LoRA
+PEFT_CASES = {
+    "peft lora": None,
+    "off lora_add": ("lora_add", "off", True),
+    "off lora_add, dense ΔW (before)": ("lora_add", "off", False),
+    "fast lora_add": ("lora_add", "fast", True),
+    "pace lora_add": ("lora_add", "pace", True),
+    "off lora_mul": ("lora_mul", "off", True),
+    "off lora_mul+vpt_add": ("lora_mul+vpt_add", "off", True),
+    "pace lora_mul+vpt_add": ("lora_mul+vpt_add", "pace", True),
+}
+PEFT_TARGETS = {  # figure -> (case, target ratio to PEFT's step)
+    "off lora_add": 1.0, "fast lora_add": 1.05, "pace lora_add": 2.0,
+    "off lora_mul+vpt_add": 1.1, "pace lora_mul+vpt_add": 2.2,
+}
+
+
+def _build_peft_case(config: str, case: str):
+    """One train step (forward, cross-entropy, backward, AdamW) of a case in PEFT_CASES."""
+    import timm
+    import torch
+
+    cfg = CONFIGS[config]
+    torch.manual_seed(0)
+    model = timm.create_model(cfg["name"], pretrained=False, num_classes=NUM_CLASSES, **cfg["kwargs"])
+    batch = cfg["batch"]
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn((batch,) + cfg["input"], generator=g)
+    labels = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
+    spec = PEFT_CASES[case]
+    if spec is None:
+        from peft import LoraConfig, get_peft_model
+
+        # lora_alpha = r: PEFT's scale alpha/r is 1, as in pace's B A; the new head is trained in full
+        model = get_peft_model(model, LoraConfig(r=PEFT_RANK, lora_alpha=PEFT_RANK, target_modules=TARGETS,
+                                                 modules_to_save=["head"]))
+        loss_fn = lambda: torch.nn.functional.cross_entropy(model(images).float(), labels)  # noqa: E731
+    else:
+        from pace_cli.adapters import AdapterConfig, adapted_layers, inject_adapters
+        from pace_cli.pace import PaceConfig, PaceRegularizer
+
+        kind, variant, factored = spec
+        inject_adapters(model, AdapterConfig(kind=kind, rank=PEFT_RANK, targets=tuple(TARGETS)),
+                        num_classes=NUM_CLASSES)
+        for layer in adapted_layers(model).values():
+            layer.factored_lora = factored
+        reg = PaceRegularizer(model, PaceConfig(variant=variant), num_train_samples=4 * batch,
+                              num_classes=NUM_CLASSES)
+        indices, counter = torch.arange(batch), [0]
+
+        def loss_fn():
+            counter[0] += 1
+            return reg.loss(images, labels, indices, counter[0]).total
+    with torch.no_grad():  # non-zero adapters, as after some training (cost does not depend on it)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.02)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step():
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, sum(p.numel() for p in params)
+
+
+def bench_vs_peft(config: str, rounds: int, steps: int = 2) -> dict:
+    built = {c: _build_peft_case(config, c) for c in PEFT_CASES}
+    steppers = {c: b[0] for c, b in built.items()}
+    for s in steppers.values():
+        for _ in range(steps):
+            s()
+
+    def measure(name, step):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - start) / steps
+
+    times = _interleaved(steppers, rounds, measure)
+    ratio = _round_ratios(times, "peft lora")
+    return {"seconds": {c: _median(t) for c, t in times.items()}, "ratio": ratio,
+            "trainable": {c: b[1] for c, b in built.items()}, "raw": times,
+            "lora_mul_over_lora_add_off": _median([a / b for a, b in zip(times["off lora_mul"],
+                                                                         times["off lora_add"])])}
+
+
+def _worker_peft_memory(config: str, case: str) -> dict:
+    step, _ = _build_peft_case(config, case)
+    before = _status_mb("VmRSS")
+    _reset_peak_rss()
+    for _ in range(2):
+        step()
+    return {"rss_before_mb": before, "peak_mb": _status_mb("VmHWM")}
+
+
+def bench_peft_memory(config: str, repeats: int = 3) -> dict:
+    """Step memory (peak RSS during 2 steps minus RSS before) per case, fresh process each, median of repeats."""
+    samples: dict[str, list[float]] = {c: [] for c in PEFT_CASES}
+    for _ in range(repeats):
+        for case in PEFT_CASES:
+            _, _, text = _run([sys.executable, __file__, "--worker", "peft-memory", config, case])
+            r = json.loads(text.strip().splitlines()[-1])
+            samples[case].append(r["peak_mb"] - r["rss_before_mb"])
+    step = {c: _median(v) for c, v in samples.items()}
+    return {"step_mb": step, "ratio": {c: step[c] / step["peft lora"] for c in step}, "raw": samples}
+
+
 # ---------------------------------------------------------------- 2. eval throughput
 
 
@@ -367,8 +482,11 @@ def _worker_merge_phases(base: str, adapter: str, out: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json-out", type=Path, help="write all figures (and raw samples) here")
-    parser.add_argument("--sections", default="train,memory,eval,merge",
-                        help="comma-separated subset of: train, memory, eval, merge")
+    parser.add_argument("--sections", default="peft,train,memory,eval,merge",
+                        help="comma-separated subset of: peft, train, memory, eval, merge")
+    parser.add_argument("--rounds-peft", type=int, default=5, help="interleaved rounds, ViT-S vs PEFT")
+    parser.add_argument("--memory-repeats", type=int, default=2, help="fresh processes per case, PEFT memory (0: skip)")
+    parser.add_argument("--peft-config", default="vit_s", choices=sorted(CONFIGS), help="model of the PEFT section")
     parser.add_argument("--rounds-vit-s", type=int, default=3, help="interleaved rounds for ViT-S (slow)")
     parser.add_argument("--rounds-tiny", type=int, default=10, help="interleaved rounds for the tiny ViT")
     parser.add_argument("--rounds-eval-vit-s", type=int, default=7, help="interleaved rounds, ViT-S eval")
@@ -387,6 +505,8 @@ def main(argv=None) -> int:
         kind, *rest = args.worker
         if kind == "train-memory":
             result = _worker_train_memory(rest[0], rest[1], int(rest[2]))
+        elif kind == "peft-memory":
+            result = _worker_peft_memory(rest[0], rest[1])
         else:
             result = _worker_merge_phases(*rest)
         print(json.dumps(result))
@@ -398,6 +518,22 @@ def main(argv=None) -> int:
                             "loadavg_start": os.getloadavg()}}
     cases = [("vit_s", 0, args.rounds_vit_s), ("vit_s", 1, args.rounds_vit_s),
              ("tiny", 0, args.rounds_tiny), ("tiny", 1, args.rounds_tiny)]
+
+    if "peft" in sections:
+        r = report["vs_peft"] = bench_vs_peft(args.peft_config, args.rounds_peft)
+        print(f"  vs peft time done ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
+        if args.memory_repeats > 0:
+            m = report["vs_peft_memory"] = bench_peft_memory(args.peft_config, args.memory_repeats)
+        else:  # timing only
+            m = {"step_mb": {c: float("nan") for c in PEFT_CASES}, "ratio": {c: float("nan") for c in PEFT_CASES}}
+        rows = [[c, r["seconds"][c] * 1000, r["ratio"][c], PEFT_TARGETS.get(c, ""),
+                 m["step_mb"][c], m["ratio"][c], r["trainable"][c]] for c in PEFT_CASES]
+        cfg = CONFIGS[args.peft_config]
+        print(_table(f"\n0. against PEFT LoRA: {cfg['name']} {cfg['kwargs']}, batch {cfg['batch']}, rank {PEFT_RANK} "
+                     f"on {', '.join(TARGETS)}, AdamW; ratio = median per-round ratio to PEFT's step;"
+                     "\n   step MiB = peak RSS during 2 steps minus RSS before (fresh process per case, median of repeats)",
+                     ["case", "ms/step", "x peft", "target", "step MiB", "mem x peft", "trainable"], rows))
+        print(f"   lora_mul / lora_add, off: {r['lora_mul_over_lora_add_off']:.2f}x (the multiplicative form by itself)")
 
     if "train" in sections:
         rows = []

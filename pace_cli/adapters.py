@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pace_cli.errors import PaceError, describe_key_mismatch
+from pace_cli.low_rank_linear import low_rank_linear
 from pace_cli.noisy_linear import noisy_linear, worth_fusing
 
 ADAPTER_KINDS = ("lora_add", "lora_mul", "vpt_add", "lora_mul+vpt_add")
@@ -145,6 +146,9 @@ class AdaptedLinear(nn.Module):
     """
 
     per_sample_weights = True
+    # ``lora_add`` runs factored, B (A x), in training and unmerged eval (low_rank_linear); the
+    # dense (W0 + B A) x path stays behind this switch for benchmarks and tests.
+    factored_lora = True
     # Set by PaceRegularizer: an object whose ``samples`` is the number of samples in the batch
     # now flowing through the model (so Swin's windows of one sample share its noise draw).
     batch_state = None
@@ -199,15 +203,30 @@ class AdaptedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.adapter_enabled:
             return F.linear(x, self.weight, self.bias)
-        delta_w, delta_b = self.delta()
-        if not (self.training and self.noise_sigma > 0):
+        noisy = self.training and self.noise_sigma > 0
+        factored = self.kind == "lora_add" and self.factored_lora
+        if factored and not noisy:
+            return self.factored_forward(x)
+        delta_w, delta_b = (None, None) if factored else self.delta()
+        if not noisy:
             return F.linear(x, _add(self.weight, delta_w), _add(self.bias, delta_b))
         samples = getattr(self.batch_state, "samples", None)
         z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
                        batch=self.batch_state)
+        if factored:
+            return self.factored_forward(x, z)
         if delta_w is not None and self.kind != "lora_add" and self.per_sample_weights and worth_fusing(x, len(z)):
             return noisy_linear(x, self.weight, self.bias, delta_w, delta_b, z)
         return self.noisy_forward_reference(x, delta_w, delta_b, z)
+
+    def factored_forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        """``lora_add`` as W0 x + b0 + z ⊙ (B (A x) + Δb) without forming ΔW = B A (z = 1 without noise).
+
+        Used in training and in unmerged evaluation alike, so both run the same code; it equals
+        ``adapter_delta``'s dense ΔW up to float rounding (tested against a float64 reference).
+        """
+        return low_rank_linear(x, self.weight, self.bias, self.lora_A, self.lora_B,
+                               getattr(self, "delta_bias", None), z)
 
     def noisy_forward_reference(self, x: Tensor, delta_w: Tensor | None, delta_b: Tensor | None, z: Tensor) -> Tensor:
         """h0(x) + z ⊙ Δh(x) as written, for noise z [samples, d_out] from ``draw_noise``.

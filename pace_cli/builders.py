@@ -47,7 +47,7 @@ def build_dataset(recipe: Recipe, split: str, *, train: bool = False) -> data_so
         mean=section.mean, std=section.std, shots=section.shots if train and not fewshot else None,
         seed=section.seed, synthetic_classes=section.synthetic_classes, synthetic_size=section.synthetic_size,
         train=train, image_dir=section.image_dir, fewshot_layout=section.fewshot_layout,
-        list_shots=section.shots if fewshot else None,
+        list_shots=section.shots if fewshot else None, cache=section.cache,
     )
 
 
@@ -109,3 +109,27 @@ def resolve_num_classes(recipe: Recipe, dataset: data_sources.PaceDataset) -> in
             f"fix the labels, raise num_classes, or remove it to take it from the data"
         )
     return wanted or found
+
+
+def make_optimizer(params, recipe: Recipe, device: torch.device | str) -> torch.optim.AdamW:
+    """AdamW with the recipe's learning rate and weight decay.
+
+    On CUDA it is the fused implementation: one kernel updates every parameter, instead of a
+    handful of launches per tensor, which matters with hundreds of small adapter tensors. The
+    maths is the same AdamW, so a checkpoint's optimiser state loads into either form.
+    """
+    fused = {"fused": True} if torch.device(device).type == "cuda" else {}
+    return torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, **fused)
+
+
+def maybe_compile(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """Compile the model in place when ``[train] compile = true``; returns the same module.
+
+    ``nn.Module.compile`` keeps the module object and its state-dict keys (``torch.compile(model)``
+    would wrap it and prefix every key with ``_orig_mod.``), so adapter files, checkpoints and the
+    PACE hooks installed on the model and its blocks are unaffected. Training and evaluation
+    each compile once on first use; PACE's switch between one and two passes adds a recompile.
+    """
+    if recipe.train.compile:
+        model.compile()
+    return model

@@ -26,6 +26,7 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 HARMLESS_KEYS = {
     ("train", "epochs"), ("train", "eval_every"), ("train", "log_every"), ("train", "checkpoint_every"),
     ("train", "device"), ("data", "num_workers"), ("data", "eval_batch_size"), ("output", "dir"),
+    ("data", "cache"), ("train", "compile"),
     ("eval", "targets"),  # scored by `pace eval` only; training never reads them
 }
 

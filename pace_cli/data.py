@@ -54,6 +54,9 @@ IMAGE_EXTENSIONS = frozenset(
 # them small keeps memory flat whatever image_size is asked for.
 _SYNTHETIC_BASE = 16
 
+# "auto" caches a split's decoded images when they take at most this much memory (uint8).
+CACHE_AUTO_BYTES = 1 << 30
+
 
 class _Transform:
     """Turn a raw ``[c, h, w]`` float image in [0, 1] into the model's input tensor.
@@ -85,6 +88,8 @@ class PaceDataset(Dataset):
     may override ``_sample_key(row)`` (a stable sort key used before k-shot sampling).
     ``_rows`` maps positions to underlying rows so k-shot subsets need no copying.
     """
+
+    cache_enabled = False  # only file-based sets decode on access and can cache (_FileDataset)
 
     def __init__(self, *, source: str, split: str, classes: list[str], labels: list[int],
                  transform: _Transform):
@@ -137,18 +142,67 @@ class _ArrayDataset(PaceDataset):
 
 
 class _FileDataset(PaceDataset):
-    """Images decoded with PIL on access (image folders and VTAB-1k)."""
+    """Images decoded with PIL on access (image folders and VTAB-1k).
+
+    With :meth:`enable_cache` each image is decoded and resized once and kept as uint8
+    ``[C, S, S]`` in one shared-memory buffer: DataLoader workers (forked or spawned) all see the
+    same buffer, so whichever process decodes an image first fills it for every later epoch and
+    every worker, and the cache costs its size once, not once per worker. Only the deterministic
+    decode + resize is cached; the float conversion and normalisation (and any augmentation a
+    transform adds later) run on every access.
+    """
 
     def __init__(self, paths: list[Path], root: Path, **kwargs):
         super().__init__(**kwargs)
         self._paths = paths
         self._root = root
+        self._cache: torch.Tensor | None = None  # [samples, C, S, S] uint8, shared memory
+        self._cached: torch.Tensor | None = None  # [samples] uint8 flags: 1 once the slot is filled
+        self._slots: dict[int, int] = {}  # underlying row -> cache slot (only the rows kept, e.g. k-shot)
+
+    cacheable = True  # decode + resize to a fixed square, no randomness: cacheable as is
 
     def _sample_key(self, row: int):
         # Sort by path so k-shot picks do not depend on directory or list-file order.
         return (self._paths[row].as_posix(), row)
 
+    def cache_bytes(self) -> int:
+        """Memory the decoded-image cache of this split takes (uint8 at the transform's size)."""
+        size = self._transform.image_size
+        return len(self._rows) * (1 if self._transform.channels == 1 else 3) * size * size
+
+    def enable_cache(self) -> None:
+        """Keep decoded, resized images in memory after their first read (see the class doc)."""
+        if self._cache is not None:
+            return
+        size = self._transform.image_size
+        channels = 1 if self._transform.channels == 1 else 3
+        self._slots = {row: slot for slot, row in enumerate(self._rows)}
+        self._cache = torch.empty(len(self._rows), channels, size, size, dtype=torch.uint8).share_memory_()
+        self._cached = torch.zeros(len(self._rows), dtype=torch.uint8).share_memory_()
+
+    def _keep(self, positions: Sequence[int]) -> None:
+        super()._keep(positions)
+        if self._cache is not None:  # slots follow positions; start the smaller cache afresh
+            self._cache = self._cached = None
+            self.enable_cache()
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self._cache is not None
+
     def _raw(self, row: int) -> torch.Tensor:
+        slot = self._slots.get(row) if self._cache is not None else None
+        if slot is not None and self._cached[slot]:
+            return self._cache[slot].float().div_(255.0)
+        t = self._decode(row)
+        if slot is not None:
+            self._cache[slot].copy_(t)
+            self._cached[slot] = 1  # set after the pixels, so a reader never sees a half-filled slot
+        return t.float().div_(255.0)
+
+    def _decode(self, row: int) -> torch.Tensor:
+        """The image of ``row`` as uint8 [C, S, S], decoded and resized to the transform's size."""
         from PIL import Image
 
         path = self._paths[row]
@@ -166,8 +220,7 @@ class _FileDataset(PaceDataset):
                 f"{type(exc).__name__}: {exc}; replace or delete the file"
             ) from exc
         t = torch.from_numpy(arr.copy())
-        t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
-        return t.float().div_(255.0)
+        return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
 class _CropFileDataset(_FileDataset):
@@ -184,6 +237,10 @@ class _CropFileDataset(_FileDataset):
     from a generator seeded by ``(aug_seed, e, row)``: the same crops whatever the number
     of workers or processes (what a distributed loop wants).
     """
+
+    # Its decoded, resized images keep their aspect ratio (sizes differ) and the crop after them is
+    # random, so the fixed-size decoded-image cache of _FileDataset does not apply (yet).
+    cacheable = False
 
     def __init__(self, paths: list[Path], root: Path, *, augment: bool, aug_seed: int = 0, **kwargs):
         super().__init__(paths, root, **kwargs)
@@ -249,7 +306,8 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                   shots: int | None = None, seed: int = 0, synthetic_classes: int = 10,
                   synthetic_size: int = 64, train: bool = False, image_dir: str | None = None,
-                  fewshot_layout: str | None = None, list_shots: int | None = None) -> PaceDataset:
+                  fewshot_layout: str | None = None, list_shots: int | None = None,
+                  cache: bool | str = False) -> PaceDataset:
     """Build the data set for one split of one source.
 
     ``split`` is a split name: a subfolder for ``imagefolder``; ``train800``/``val200``/
@@ -269,6 +327,9 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
     For ``imagefolder`` the classes are the sorted subfolders of that split's folder, so
     every split must contain the same class folders for labels to agree across splits;
     callers that care should compare ``classes`` between splits.
+
+    ``cache`` (true, false or "auto", see :func:`cache_wanted`) keeps decoded, resized images of
+    file-based sources in memory after their first read, so later epochs skip JPEG decoding.
     """
     if source not in SOURCES:
         raise PaceError(f"unknown data source {source!r}; set [data] source to one of: "
@@ -316,11 +377,30 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
                         "add images or pick another split")
     if shots is not None:
         _apply_shots(ds, int(shots), seed)
+    if cache_wanted(ds, cache):
+        ds.enable_cache()
     return ds
 
 
+def cache_wanted(ds: PaceDataset, cache: bool | str) -> bool:
+    """Whether ``[data] cache`` (true, false or "auto") turns the decoded-image cache on for ``ds``.
+
+    Only ``imagefolder`` and ``vtab1k`` decode to a fixed size on access; the in-memory sources
+    are arrays already, and ``fewshot``/``fgvc`` crop at random after an aspect-keeping resize
+    (not cached yet). "auto"
+    caches a split whose decoded images fit in ``CACHE_AUTO_BYTES`` (VTAB-1k's 1,000 training
+    images at 224 px take 144 MiB; 1 GiB holds about 7,100 RGB images at 224 px).
+    """
+    if cache not in (True, False, "auto"):
+        raise PaceError(f"[data] cache = {cache!r}; use true, false or \"auto\"")
+    if not (isinstance(ds, _FileDataset) and ds.cacheable) or cache is False:
+        return False
+    return cache is True or ds.cache_bytes() <= CACHE_AUTO_BYTES
+
+
 def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                drop_last: bool = False, num_workers: int = 0, world=None) -> DataLoader:
+                drop_last: bool = False, num_workers: int | str = 0, world=None, pin_memory: bool | None = None,
+                persistent_workers: bool | None = None, prefetch_factor: int | None = None) -> DataLoader:
     """Wrap ``dataset`` in a DataLoader whose shuffle order depends only on ``seed``.
 
     Batches are ``(images [B,C,H,W], labels [B], indices [B])``. The generator keeps
@@ -328,6 +408,12 @@ def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: i
 
     With a multi-process ``world`` (:class:`pace_cli.distributed.World`), ``batch_size`` is the
     global batch: every rank draws the same global batches and yields its own share of each.
+
+    ``num_workers`` may be "auto" (:func:`default_num_workers`). ``pin_memory`` defaults to
+    whether CUDA is available (page-locked batches copy to the GPU asynchronously);
+    ``persistent_workers`` defaults to true whenever there are workers, so they are not
+    re-forked each epoch, except for data sets with ``set_epoch`` (their workers must be
+    re-created to see the new epoch).
     """
     if int(batch_size) <= 0:
         raise PaceError(f"batch size {batch_size} must be a positive integer")
@@ -337,8 +423,22 @@ def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: i
             f"batch size {batch_size}, so dropping the last partial batch leaves nothing; "
             "lower the batch size"
         )
+    workers = default_num_workers() if num_workers == "auto" else int(num_workers)
+    if workers < 0:
+        raise PaceError(f"num_workers = {num_workers} must be >= 0 or \"auto\"")
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    if persistent_workers is None:
+        # Persistent workers keep their own copy of the data set, so a per-epoch setting made in
+        # the main process (set_epoch of the cropping sources) would never reach them.
+        persistent_workers = workers > 0 and not hasattr(dataset, "set_epoch")
     generator = torch.Generator()
     generator.manual_seed(int(seed))
+    extra = {}
+    if workers > 0:
+        extra["persistent_workers"] = bool(persistent_workers)
+        if prefetch_factor is not None:
+            extra["prefetch_factor"] = int(prefetch_factor)
     if world is not None and world.distributed:
         from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
@@ -348,9 +448,22 @@ def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: i
         order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         global_batches = BatchSampler(order, int(batch_size), drop_last)
         return DataLoader(dataset, batch_sampler=ShardedBatchSampler(global_batches, world), generator=generator,
-                          num_workers=int(num_workers))
+                          num_workers=workers, pin_memory=bool(pin_memory), **extra)
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle, generator=generator,
-                      drop_last=drop_last, num_workers=int(num_workers))
+                      drop_last=drop_last, num_workers=workers, pin_memory=bool(pin_memory), **extra)
+
+
+def default_num_workers() -> int:
+    """Workers for ``num_workers = "auto"``: none on a CPU-only machine, where decoding in the
+    main process competes with the model for the same cores anyway; with CUDA, enough to keep the
+    GPU fed (up to 8, leaving a core for the main process)."""
+    if not torch.cuda.is_available():
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
 
 
 # ---------------------------------------------------------------- helpers

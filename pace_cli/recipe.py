@@ -224,7 +224,13 @@ class DataSection(_Section):
     )
     seed: int = Field(0, description="Seed for subsampling and splits; for fewshot, the list's seed; for "
                       "fewshot/fgvc also the seed of the random crops.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes; auto = 0 without CUDA, up to 8 with CUDA."
+    )
+    cache: bool | Literal["auto"] = Field(
+        "auto", description="Keep decoded, resized images in memory after the first epoch (imagefolder, "
+        "vtab1k); auto = when a split's images take at most 1 GiB."
+    )
     synthetic_classes: int = Field(10, gt=0, description="Classes of the synthetic dataset.")
     synthetic_size: int = Field(64, gt=0, description="Images per split of the synthetic dataset.")
 
@@ -300,6 +306,7 @@ class TrainSection(_Section):
     seed: int = Field(0, description="Seed for initialisation, noise and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision.")
+    compile: bool = Field(False, description="Run the model through torch.compile (first steps are slower).")
     eval_every: int = Field(1, gt=0, description="Evaluate every N epochs.")
     log_every: int = Field(10, gt=0, description="Log every N steps.")
     checkpoint_every: int = Field(

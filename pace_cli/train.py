@@ -26,7 +26,7 @@ from pace_cli.checkpoint import (
     CHECKPOINT_FILE, Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
 )
 from pace_cli.builders import (
-    build_adapted_model, build_dataset, pace_config, resolve_num_classes, timm_kwargs,
+    build_adapted_model, build_dataset, make_optimizer, maybe_compile, pace_config, resolve_num_classes, timm_kwargs,
 )
 from pace_cli.data import make_loader
 from pace_cli.errors import PaceError
@@ -288,9 +288,10 @@ def _train(recipe: Recipe, *, output_dir: Path, logger: TrainLogger | None, over
     model.to(device)
     regularizer = PaceRegularizer(model, pace_config(recipe), num_train_samples=len(train_set),
                                   num_classes=num_classes, seed=recipe.train.seed, world=world)
+    maybe_compile(model, recipe)  # in place: state-dict keys and PACE's hooks stay as they are
     regularizer.forward_model = distributed.wrap_model(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
+    optimizer = make_optimizer(params, recipe, device)  # fused AdamW on CUDA
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     loader = make_loader(train_set, global_batch, shuffle=True, seed=recipe.train.seed, drop_last=True,

@@ -369,3 +369,82 @@ def test_kshot_indices_are_positions_after_subsetting():
     for img, lab, idx in zip(images, labels, indices):
         assert ds.labels[idx] == lab
         assert torch.equal(ds[int(idx)][0], img)
+
+
+# ---------------------------------------------------------------- decoded-image cache and loader options
+
+
+def _noisy_imagefolder(root: Path, n: int = 6) -> Path:
+    """Random-pixel JPEGs of two sizes, so decoding and resizing both matter."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        name = ("cat", "dog")[i % 2]
+        (root / "train" / name).mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(20 + i, 13, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "train" / name / f"{i:02d}.jpg")
+    return root
+
+
+def _images(ds) -> torch.Tensor:
+    return torch.stack([ds[i][0] for i in range(len(ds))])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_cache_gives_the_uncached_images_and_skips_the_files(tmp_path, channels):
+    root = _noisy_imagefolder(tmp_path)
+    kwargs = dict(root=root, image_size=16, channels=channels, mean=[0.5] * channels, std=[0.25] * channels)
+    plain = build_dataset("imagefolder", "train", cache=False, **kwargs)
+    cached = build_dataset("imagefolder", "train", cache=True, **kwargs)
+    assert not plain.cache_enabled and cached.cache_enabled
+    expected = _images(plain)
+    assert torch.equal(_images(cached), expected)  # first read: decoded and stored
+    for path in root.rglob("*.jpg"):
+        path.unlink()  # a second read must come from memory
+    assert torch.equal(_images(cached), expected)
+    with pytest.raises(PaceError, match="cannot read image"):
+        plain[0]
+
+
+def test_cache_holds_only_the_kshot_subset(tmp_path):
+    root = _noisy_imagefolder(tmp_path, n=8)
+    ds = build_dataset("imagefolder", "train", root=root, image_size=8, shots=2, cache=True)
+    assert len(ds) == 4 and ds._cache.shape == (4, 3, 8, 8)
+    reference = build_dataset("imagefolder", "train", root=root, image_size=8, shots=2, cache=False)
+    assert torch.equal(_images(ds), _images(reference))
+
+
+def test_cache_auto_follows_the_memory_budget(tmp_path, monkeypatch):
+    root = _noisy_imagefolder(tmp_path)
+    assert build_dataset("imagefolder", "train", root=root, image_size=16, cache="auto").cache_enabled
+    monkeypatch.setattr(data, "CACHE_AUTO_BYTES", 6 * 3 * 16 * 16 - 1)  # one byte short of the split
+    assert not build_dataset("imagefolder", "train", root=root, image_size=16, cache="auto").cache_enabled
+    # in-memory sources never cache: they are arrays already
+    assert not build_dataset("synthetic", "train", image_size=8, cache=True).cache_enabled
+    with pytest.raises(PaceError, match="cache"):
+        build_dataset("imagefolder", "train", root=root, image_size=16, cache="yes")
+
+
+def test_cache_is_shared_with_worker_processes(tmp_path):
+    """Workers fill one shared buffer: after an epoch the main process sees every slot filled."""
+    root = _noisy_imagefolder(tmp_path)
+    ds = build_dataset("imagefolder", "train", root=root, image_size=16, cache=True)
+    loader = make_loader(ds, 2, shuffle=True, seed=3, num_workers=2)
+    assert loader.persistent_workers
+    first = {int(i): img for images, _, idx in loader for i, img in zip(idx, images)}
+    assert ds._cached.tolist() == [1] * len(ds)
+    for path in root.rglob("*.jpg"):
+        path.unlink()
+    second = {int(i): img for images, _, idx in loader for i, img in zip(idx, images)}
+    assert first.keys() == second.keys() == set(range(len(ds)))
+    assert all(torch.equal(first[i], second[i]) for i in first)
+
+
+def test_make_loader_defaults_follow_the_machine(monkeypatch):
+    ds = build_dataset("synthetic", "train", image_size=8, synthetic_size=8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loader = make_loader(ds, 4, shuffle=False, num_workers="auto")
+    assert loader.num_workers == 0 and not loader.pin_memory
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert data.default_num_workers() >= 1
+    with pytest.raises(PaceError, match="num_workers"):
+        make_loader(ds, 4, shuffle=False, num_workers=-1)
