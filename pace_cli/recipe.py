@@ -11,7 +11,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 from pydantic import (
     AfterValidator,
@@ -177,17 +177,23 @@ def _is_set(section: BaseModel, key: str) -> bool:
     return getattr(section, key) != type(section).model_fields[key].default
 
 
-def _check_source_keys(section: BaseModel, source: str, where: str, also: Sequence[str] = ()) -> None:
-    """Refuse the keys ``source`` does not read: ``_SOURCE_ONLY_KEYS`` and ``also`` (read by 'synthetic' only).
+# [data] keys with a default that only some sources read: refused when set to anything else.
+_SET_SOURCE_ONLY_KEYS = {"cache": ("imagefolder", "vtab1k"), "synthetic_classes": ("synthetic",),
+                         "synthetic_size": ("synthetic",)}
+
+
+def _check_source_keys(section: BaseModel, source: str, where: str,
+                       also: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Refuse the keys ``source`` does not read: ``_SOURCE_ONLY_KEYS`` when set, ``also`` (already found set).
 
     Every such key goes in one message, so one run lists all there is to remove.
     """
-    only = {**_SOURCE_ONLY_KEYS, **{key: ("synthetic",) for key in also}}
-    unread = [f"{where}{key} is only read by source = {' or '.join(repr(s) for s in sources)}, not {source!r}; "
-              "remove it" for key, sources in only.items()
-              if key in also or getattr(section, key, None) is not None and source not in sources]
+    unread = {key: sources for key, sources in _SOURCE_ONLY_KEYS.items()
+              if getattr(section, key, None) is not None and source not in sources}
+    unread.update({key: sources for key, sources in (also or {}).items() if source not in sources})
     if unread:
-        raise ValueError("; ".join(unread))
+        raise ValueError("; ".join(f"{where}{key} is only read by source = {' or '.join(repr(s) for s in sources)}, "
+                                   f"not {source!r}; remove it" for key, sources in unread.items()))
 
 
 class DataSection(_Section):
@@ -257,9 +263,8 @@ class DataSection(_Section):
         if self.source == "fewshot" and self.shots is None:
             raise ValueError("source = 'fewshot' needs shots = k (1, 2, 4, 8 or 16): it picks "
                              "annotations/train_meta.list.num_shot_k.seed_<seed>")
-        synthetic_only = [] if self.source == "synthetic" else \
-            [key for key in ("synthetic_classes", "synthetic_size") if _is_set(self, key)]
-        _check_source_keys(self, self.source, "", also=synthetic_only)
+        set_keys = {key: sources for key, sources in _SET_SOURCE_ONLY_KEYS.items() if _is_set(self, key)}
+        _check_source_keys(self, self.source, "", also=set_keys)
         return self
 
 
@@ -349,8 +354,8 @@ class EvalTarget(_Section):
             raise ValueError("name must not be blank")
         if self.source in _ROOTED_SOURCES and self.root is None:
             raise ValueError(f"target '{self.name}': source = '{self.source}' needs root = \"<dataset folder>\"")
-        synthetic_only = [] if self.source == "synthetic" else \
-            [key for key in ("seed", "synthetic_classes", "synthetic_size") if getattr(self, key) is not None]
+        synthetic_only = {key: ("synthetic",) for key in ("seed", "synthetic_classes", "synthetic_size")
+                          if getattr(self, key) is not None}
         _check_source_keys(self, self.source, f"target '{self.name}': ", also=synthetic_only)
         return self
 

@@ -297,6 +297,10 @@ def test_fuzz_overrides(overrides):
     ('[data]\nsource = "synthetic"\nroot = "d"', "root is only read by source"),
     ('[data]\nsource = "digits"\nsynthetic_size = 8', "synthetic_size is only read by source = 'synthetic'"),
     ('[data]\nsource = "fashion-mnist"\nsynthetic_classes = 4', "synthetic_classes is only read"),
+    ('[data]\nsource = "digits"\ncache = true', "cache is only read by source = 'imagefolder' or 'vtab1k'"),
+    ('[data]\nsource = "fgvc"\nroot = "d"\ncache = false', "cache is only read by source"),
+    ('[data]\nsource = "digits"\nroot = "d"\nsynthetic_size = 8', "root is only read by source = 'imagefolder' or "
+     "'vtab1k' or 'fewshot' or 'fgvc' or 'fashion-mnist', not 'digits'; remove it; synthetic_size is only read"),
 ])
 def test_keys_no_source_reads_are_refused(extra, expected):
     assert expected in _error('[model]\nname = "vit_tiny_patch16_224"\n' + extra)
@@ -307,6 +311,8 @@ def test_keys_no_source_reads_are_refused(extra, expected):
     '[data]\nsource = "digits"\nseed = 2\nshots = 4',        # seed picks the k-shot subset
     '[data]\nsource = "synthetic"\nseed = 2',                 # seed of the generated set
     '[data]\nsource = "digits"\nsynthetic_classes = 10\nseed = 0',  # defaults written out change nothing
+    '[data]\nsource = "digits"\ncache = "auto"',
+    '[data]\nsource = "vtab1k"\nroot = "d"\ncache = true',
 ])
 def test_keys_that_are_read_are_accepted(extra):
     parse_recipe('[model]\nname = "vit_tiny_patch16_224"\n' + extra)
