@@ -112,8 +112,7 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
             holder = _read(path)
             if not _is_stale(holder):
                 raise _busy(folder, path, holder)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _remove_stale(path, holder)
         else:
             raise _busy(folder, path, _read(path))
     except OSError as e:
@@ -127,6 +126,25 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
         if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only succeeds when empty
+
+
+def _remove_stale(path: Path, judged: dict | None) -> None:
+    """Move the stale lock aside and delete it, unless another run replaced it since it was judged.
+
+    Two runs may find the same stale lock; the first takes it over, and the second must not
+    delete the first's fresh lock. Renaming is atomic, so what was moved aside is checked.
+    """
+    aside = path.with_name(f"{path.name}.stale-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # someone else removed it: just try to create ours
+    moved = _read(aside)
+    if moved != judged and moved is not None:  # a live lock taken in between: put it back
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+    with contextlib.suppress(OSError):
+        aside.unlink()
 
 
 def _busy(folder: Path, path: Path, holder: dict | None) -> PaceError:

@@ -116,6 +116,19 @@ def test_stale_lock_is_taken_over(tmp_path, content):
     assert not path.exists() and folder.is_dir()
 
 
+def test_taking_over_a_stale_lock_never_deletes_a_fresh_one(tmp_path):
+    # two runs judged the same lock stale; the first already replaced it with its own live lock
+    path = tmp_path / lock.LOCK_FILE
+    stale = {"pid": _dead_pid(), "host": socket.gethostname()}
+    fresh = {"pid": os.getpid(), "host": socket.gethostname(), "start": lock._start_time(os.getpid())}
+    path.write_text(json.dumps(fresh))
+    lock._remove_stale(path, stale)
+    assert json.loads(path.read_text()) == fresh and sorted(p.name for p in tmp_path.iterdir()) == [lock.LOCK_FILE]
+    path.write_text(json.dumps(stale))
+    lock._remove_stale(path, stale)
+    assert not any(tmp_path.iterdir())
+
+
 def test_lock_from_another_host_is_refused_with_the_file_to_delete(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
