@@ -519,3 +519,24 @@ def test_check_lists_switched_off_keys_as_notes(tmp_path):
 
     report = check_recipe(write_recipe(tmp_path), ["pace.variant=pace", "pace.lazy_interval=3"])
     assert report.ok and any("lazy_interval set but ignored" in note for note in report.notes)
+
+
+def test_cached_hub_weights_still_load_when_the_hub_is_unreachable(monkeypatch):
+    import timm
+    from huggingface_hub import constants
+
+    seen = {}
+    real, before = timm.create_model, constants.HF_HUB_OFFLINE
+
+    def from_cache(name, pretrained=False, **kwargs):  # stands in for a download served from the hub cache
+        seen["offline"] = constants.HF_HUB_OFFLINE
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "hub_reachable", lambda *a: False)
+    monkeypatch.setattr(timm, "create_model", from_cache)
+    model = models.create_model("vit_tiny_patch16_224", pretrained=True, img_size=32, patch_size=8, depth=1,
+                                embed_dim=32, num_heads=2, num_classes=3)
+    assert model is not None and seen["offline"] is True  # the download ran in offline mode: cache only
+    assert constants.HF_HUB_OFFLINE == before  # restored afterwards
