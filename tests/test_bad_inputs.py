@@ -289,6 +289,11 @@ def case_disk_full_drawing_a_report(tmp):
     return ["report", str(tmp / "run"), "-o", str(tmp / "report.png")], "no space left on device"
 
 
+def case_disk_full_exporting_peft(tmp):
+    adapter, base = trained_adapter(tmp, BASE_RECIPE.replace("rank = 2", 'rank = 2\nkind = "lora_add"'))
+    return ["export", str(adapter), "--base", str(base), "-o", str(tmp / "peft")], "no space left on device"
+
+
 @contextlib.contextmanager
 def _full_disk(name: str):
     """safetensors' writer and the streaming writer's files find the disk full for outputs called ``name``."""
@@ -327,6 +332,7 @@ def _env(**values: str):
 FAULTS = {
     "disk_full_writing_the_adapter": lambda: _full_disk("adapter.safetensors"),
     "disk_full_merging": lambda: _full_disk("merged.safetensors"),
+    "disk_full_exporting_peft": lambda: _full_disk("adapter_model.safetensors"),
     "pretrained_weights_offline": lambda: _env(HF_HUB_OFFLINE="1"),
     "disk_full_writing_sweep_tables": lambda: _full_disk("sweep.csv"),
     "disk_full_drawing_a_report": lambda: _full_disk("report.png"),
