@@ -63,7 +63,7 @@ def _read(path: Path) -> dict | None:
 def _is_stale(record: dict | None) -> bool:
     """True when the owner is certainly gone: same host and its process is dead or is another process."""
     if record is None:
-        return True  # unreadable: a crash while it was being written (it is written in one call)
+        return True  # unreadable and not fresh (checked by the caller): a crash while it was being written
     if record.get("host") != socket.gethostname():
         return False
     pid = record["pid"]
@@ -71,6 +71,17 @@ def _is_stale(record: dict | None) -> bool:
         return True
     started = record.get("start")
     return started is not None and _start_time(pid) not in (None, started)
+
+
+# An empty or unreadable lock this young may be one another run is writing right now.
+_FRESH_S = 10.0
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def _create(path: Path, record: dict) -> bool:
@@ -110,13 +121,18 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
             if _create(path, record):
                 break
             holder = _read(path)
-            if not _is_stale(holder):
+            if not _is_stale(holder) or (holder is None and _age(path) < _FRESH_S):
                 raise _busy(folder, path, holder)
             _remove_stale(path, holder)
         else:
             raise _busy(folder, path, _read(path))
-    except OSError as e:
-        raise PaceError(f"cannot lock output folder '{folder}' ({path.name}): {e.strerror or e}") from None
+    except BaseException as e:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, OSError):
+            raise PaceError(f"cannot lock output folder '{folder}' ({path.name}): {e.strerror or e}") from None
+        raise
     try:
         yield path
     finally:

@@ -111,6 +111,7 @@ def test_stale_lock_is_taken_over(tmp_path, content):
     folder.mkdir()
     value = content()
     (folder / lock.LOCK_FILE).write_text(value if isinstance(value, str) else json.dumps(value))
+    os.utime(folder / lock.LOCK_FILE, (0, 0))  # written long ago
     with lock.output_lock(folder) as path:
         assert json.loads(path.read_text())["pid"] == os.getpid()
     assert not path.exists() and folder.is_dir()
@@ -127,6 +128,15 @@ def test_taking_over_a_stale_lock_never_deletes_a_fresh_one(tmp_path):
     path.write_text(json.dumps(stale))
     lock._remove_stale(path, stale)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_lock_being_written_right_now_is_respected(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / lock.LOCK_FILE).write_text("")  # another run created it and has not written its record yet
+    with pytest.raises(PaceError, match="being locked by another pace run right now"):
+        with lock.output_lock(folder):
+            pass
 
 
 def test_lock_from_another_host_is_refused_with_the_file_to_delete(tmp_path):
