@@ -1,17 +1,22 @@
-"""What DistributedDataParallel costs: N Gloo processes at B/N each against one process at B.
+"""What DistributedDataParallel costs: N Gloo processes at B/N each against one process.
 
-    python benchmarks/bench_ddp.py [--rounds 3] [--nproc 2] [--json-out ddp.json]
+    python benchmarks/bench_ddp.py [--rounds 3] [--nproc 2] [--mode overhead|equal] [--json-out ddp.json]
 
 Each configuration is a real `pace train` command (synthetic data, no validation split), run as
 one process and as `--nproc N`, alternating, `--rounds` times; the figure is the training loop's
-images/s that `pace train --json` reports, and the ratio is time per global step with N processes
-over time with one, taken per round (median over rounds). One process gets all the cores as
-intra-op threads, each of N processes gets cores/N, so the comparison is at equal hardware.
+images/s that `pace train --json` reports; ratios are per round, the median is printed.
 
-On a CPU the processes share the same cores, so this measures the price of the synchronisation
-(gradient all-reduce, the per-step stop-flag all-reduce, the `fast` variant's all-gather) and of
-splitting the work, not a speed-up. It also prints the all-reduce payload per step for ViT-B/16 at
-rank 10, which is what scales on GPUs.
+- ``--mode overhead`` (default): every process has one intra-op thread, and the one process trains
+  on B/N images a step, exactly one rank's share. Each rank then does the single process's work,
+  so the ratio of step times (N processes at global batch B / one process at B/N) is what the
+  distributed machinery adds: the gradient all-reduce, the per-step stop-flag all-reduce, the
+  `fast` variant's logit all-gather, plus whatever the processes cost each other on shared
+  caches. It is robust to other load on the machine.
+- ``--mode equal``: one process with all cores as threads at batch B against N processes with
+  cores/N threads each: the end-to-end comparison on equal hardware (on a CPU, no speed-up is to
+  be expected; on a busy machine the multi-threaded single process suffers from thread barriers).
+
+It also prints the all-reduce payload per step for ViT-B/16 at rank 10, which is what scales on GPUs.
 """
 
 from __future__ import annotations
@@ -62,9 +67,8 @@ log_every = 1000
 """
 
 
-def run_train(recipe: Path, out: Path, nproc: int) -> float:
-    cores = os.cpu_count() or 1
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // nproc)), "PYTHONPATH": str(REPO)}
+def run_train(recipe: Path, out: Path, nproc: int, threads: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "pace_cli", "train", str(recipe), "-o", str(out), "--overwrite", "--json"]
     if nproc > 1:
         command += ["--nproc", str(nproc)]
@@ -98,27 +102,38 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["off", "pace", "fast"])
+    parser.add_argument("--mode", choices=["overhead", "equal"], default="overhead")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    cores = os.cpu_count() or 1
 
-    results = {"nproc": args.nproc, "cores": os.cpu_count(), "load_start": os.getloadavg(), "configs": {}}
+    results = {"nproc": args.nproc, "cores": cores, "mode": args.mode, "load_start": os.getloadavg(), "configs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (model, batch, epochs) in CONFIGS.items():
             for variant in args.variants:
                 recipe = Path(tmp) / f"{variant}.toml"
                 recipe.write_text(recipe_text(model, batch, epochs, variant))
+                if args.mode == "overhead":
+                    # the one process trains on one rank's share, for as many steps as the N processes
+                    single = Path(tmp) / f"{variant}-share.toml"
+                    single.write_text(recipe_text(model, batch // args.nproc, epochs, variant).replace(
+                        f"synthetic_size = {batch // args.nproc * 6}", f"synthetic_size = {batch * 6}"))
+                    one_batch, one_threads, many_threads = batch // args.nproc, 1, 1
+                else:
+                    single, one_batch, one_threads, many_threads = recipe, batch, cores, max(1, cores // args.nproc)
                 one, many, ratios = [], [], []
                 for _ in range(args.rounds):
-                    a = run_train(recipe, Path(tmp) / "one", 1)
-                    b = run_train(recipe, Path(tmp) / "many", args.nproc)
+                    a = run_train(single, Path(tmp) / "one", 1, one_threads)
+                    b = run_train(recipe, Path(tmp) / "many", args.nproc, many_threads)
                     one.append(a)
                     many.append(b)
-                    ratios.append(a / b)  # time per image with N processes / with one
+                    ratios.append((batch / b) / (one_batch / a))  # step time, N processes / one
                 key = f"{name}, {variant}, global batch {batch}"
                 results["configs"][key] = {"one_process_img_s": one, "n_process_img_s": many,
                                            "ratio_median": statistics.median(ratios)}
-                print(f"{key}: 1 process {statistics.median(one):.1f} img/s, {args.nproc} processes "
-                      f"{statistics.median(many):.1f} img/s, time ratio {statistics.median(ratios):.2f}x", flush=True)
+                print(f"{key} ({args.mode}): 1 process at batch {one_batch} {statistics.median(one):.1f} img/s, "
+                      f"{args.nproc} processes {statistics.median(many):.1f} img/s, step-time ratio "
+                      f"{statistics.median(ratios):.3f}x (rounds: {', '.join(f'{r:.3f}' for r in ratios)})", flush=True)
     results["allreduce_vit_b16_rank10"] = allreduce_payload()
     for kind, size in results["allreduce_vit_b16_rank10"].items():
         print(f"ViT-B/16 {kind} rank 10: {size['trainable_parameters']:,} trainable parameters = "
