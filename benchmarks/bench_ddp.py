@@ -12,6 +12,10 @@ images/s that `pace train --json` reports; ratios are per round, the median is p
   distributed machinery adds: the gradient all-reduce, the per-step stop-flag all-reduce, the
   `fast` variant's logit all-gather, plus whatever the processes cost each other on shared
   caches. It is robust to other load on the machine.
+- ``--mode concurrent``: like ``overhead``, but the comparison runs N independent one-process
+  trainings at B/N *at the same time*, so both sides suffer the same competition for cores and
+  caches (on a 2-vCPU machine the two may be hyper-threads of one core) and the ratio is the
+  communication and synchronisation alone.
 - ``--mode equal``: one process with all cores as threads at batch B against N processes with
   cores/N threads each: the end-to-end comparison on equal hardware (on a CPU, no speed-up is to
   be expected; on a busy machine the multi-threaded single process suffers from thread barriers).
@@ -35,10 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
     # name: (model section, batch, epochs)
-    "tiny ViT (shipped backbone shape, 28 px)": (
+    "tiny-vit-28px": (  # the shipped backbone's shape
         'name = "vit_tiny_patch16_224"\nimg_size = 28\nin_chans = 1\n'
         'kwargs = { patch_size = 7, embed_dim = 128, depth = 6, num_heads = 4 }', 32, 4),
-    "ViT-S/16 at 112 px": ('name = "vit_small_patch16_224"\nimg_size = 112', 16, 1),
+    "vit-s16-112px": ('name = "vit_small_patch16_224"\nimg_size = 112', 16, 1),
 }
 
 
@@ -67,16 +71,24 @@ log_every = 1000
 """
 
 
-def run_train(recipe: Path, out: Path, nproc: int, threads: int) -> float:
+def run_train(recipe: Path, out: Path, nproc: int, threads: int, copies: int = 1) -> float:
+    """images/s of `pace train` (N processes with ``nproc``); with ``copies`` > 1, that many
+    independent one-process trainings run at once and their mean images/s is returned."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "pace_cli", "train", str(recipe), "-o", str(out), "--overwrite", "--json"]
-    if nproc > 1:
-        command += ["--nproc", str(nproc)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"pace train failed ({done.returncode}): {done.stderr[-2000:]}")
-    start = done.stdout.index("{")
-    return json.loads(done.stdout[start:done.stdout.rindex("}") + 1])["images_per_second"]
+    commands = []
+    for copy in range(copies):
+        command = [sys.executable, "-m", "pace_cli", "train", str(recipe), "-o", f"{out}-{copy}", "--overwrite",
+                   "--json"]
+        commands.append(command + (["--nproc", str(nproc)] if nproc > 1 else []))
+    running = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for c in commands]
+    figures = []
+    for process in running:
+        stdout, stderr = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"pace train failed ({process.returncode}): {stderr[-2000:]}")
+        figures.append(json.loads(stdout[stdout.index("{"):stdout.rindex("}") + 1])["images_per_second"])
+    return statistics.mean(figures)
 
 
 def allreduce_payload() -> dict[str, float]:
@@ -102,18 +114,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["off", "pace", "fast"])
-    parser.add_argument("--mode", choices=["overhead", "equal"], default="overhead")
+    parser.add_argument("--mode", choices=["overhead", "concurrent", "equal"], default="overhead")
+    parser.add_argument("--models", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
 
     results = {"nproc": args.nproc, "cores": cores, "mode": args.mode, "load_start": os.getloadavg(), "configs": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (model, batch, epochs) in CONFIGS.items():
+        for name in args.models:
+            model, batch, epochs = CONFIGS[name]
             for variant in args.variants:
                 recipe = Path(tmp) / f"{variant}.toml"
                 recipe.write_text(recipe_text(model, batch, epochs, variant))
-                if args.mode == "overhead":
+                copies = args.nproc if args.mode == "concurrent" else 1
+                if args.mode in ("overhead", "concurrent"):
                     # the one process trains on one rank's share, for as many steps as the N processes
                     single = Path(tmp) / f"{variant}-share.toml"
                     single.write_text(recipe_text(model, batch // args.nproc, epochs, variant).replace(
@@ -123,7 +138,7 @@ def main() -> None:
                     single, one_batch, one_threads, many_threads = recipe, batch, cores, max(1, cores // args.nproc)
                 one, many, ratios = [], [], []
                 for _ in range(args.rounds):
-                    a = run_train(single, Path(tmp) / "one", 1, one_threads)
+                    a = run_train(single, Path(tmp) / "one", 1, one_threads, copies)
                     b = run_train(recipe, Path(tmp) / "many", args.nproc, many_threads)
                     one.append(a)
                     many.append(b)

@@ -76,7 +76,7 @@ def main() -> None:
         try:
             for variant in args.variants:
                 recipe = Path(tmp) / f"{variant}.toml"
-                recipe.write_text(RECIPE.format(variant=variant))
+                recipe.write_text(RECIPE.replace("{variant}", variant))
                 old, new, ratios = [], [], []
                 for _ in range(args.rounds):
                     a = images_per_second(old_tree, recipe, Path(tmp) / "out-old")
