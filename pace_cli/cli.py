@@ -162,6 +162,8 @@ def train(
             if distributed.launched_by_torchrun():
                 raise PaceError("--nproc starts its own processes; under torchrun, leave it out "
                                 "(torchrun's --nproc-per-node sets the count)")
+            # the common mistake, caught before any process starts (training checks it again)
+            distributed.local_batch_size(loaded.data.batch_size, distributed.World(0, nproc, 0))
             raise typer.Exit(distributed.launch_local(nproc, _argv_without_nproc(), loaded.train.device))
         world = distributed.init_from_environment(loaded.train.device)
         if world.is_writer:

@@ -381,6 +381,11 @@ def case_import_peft_target_not_in_model(tmp):
     return import_args(tmp, peft_folder(tmp, {}, layer="blocks.5.attn.qkv")), "blocks.5.attn.qkv"
 
 
+def case_batch_not_divisible_by_processes(tmp):
+    # refused before any process is started, so the test needs no launcher
+    return train_args(tmp, recipe_with(tmp, "batch_size = 8", "batch_size = 9")) + ["--nproc", "2"], "batch_size = 9"
+
+
 CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 EXIT_CODES = {"diverging_loss": 3}
 # Failures late in a run keep its last checkpoint, on purpose: --resume continues from it.
