@@ -165,8 +165,8 @@ def train(
             # the common mistake, caught before any process starts (training checks it again)
             distributed.local_batch_size(loaded.data.batch_size, distributed.World(0, nproc, 0))
             raise typer.Exit(distributed.launch_local(nproc, _argv_without_nproc(), loaded.train.device))
-        world = distributed.init_from_environment(loaded.train.device)
-        if world.is_writer:
+        speaks = distributed.is_rank_zero()  # under torchrun every rank trains; rank 0 reports
+        if speaks:
             from pace_cli.recipe import ineffective_settings
 
             for note in ineffective_settings(loaded):
@@ -174,18 +174,16 @@ def train(
         logger = RichTrainLogger(quiet=json_output)
         try:
             result = run_training(loaded, output_dir=output_dir, logger=logger, overwrite=overwrite, resume=resume)
-        except TrainingInterrupted as stopped:
-            if not world.is_writer:
-                raise typer.Exit(stopped.exit_code)  # rank 0 says it once
-            raise TrainingInterrupted(str(stopped).replace("RECIPE", str(recipe)), exit_code=stopped.exit_code)
-        except PaceError as error:  # e.g. a full disk: the resume command names this recipe
+        except PaceError as error:  # interrupted, or a full disk: the resume command names this recipe
+            if isinstance(error, TrainingInterrupted) and not speaks:
+                raise typer.Exit(error.exit_code)  # rank 0 says it once
             if "pace train RECIPE" not in str(error):
                 raise
-            raise PaceError(str(error).replace("pace train RECIPE", f"pace train {recipe}"),
-                            exit_code=error.exit_code) from None
+            raise type(error)(str(error).replace("pace train RECIPE", f"pace train {recipe}"),
+                              exit_code=error.exit_code) from None
         finally:
             logger.finish()
-        if not world.is_writer:
+        if not speaks:
             return
         summary = {
             "adapter": str(result.adapter_path), "metrics": str(result.metrics_path),

@@ -204,11 +204,18 @@ class _RunningSums:
         self.host["steps"] += 1.0 / self.world_size
         self.host["images"] += parts.labels.shape[0]
 
-    def reduced(self) -> tuple[dict[str, float], int | None]:
-        """The global sums and the first non-finite step (-1: none; None: on another rank).
+    def checked(self, epoch: int) -> dict[str, float]:
+        """The global sums; raises if a loss was not finite since the last reset (exit code 3).
 
         Every rank must call this at the same point: it is a collective.
         """
+        sums, bad = self.reduced()
+        if bad != -1:
+            raise _diverged(bad, epoch)
+        return sums
+
+    def reduced(self) -> tuple[dict[str, float], int | None]:
+        """The global sums and the first non-finite step (-1: none; None: on another rank)."""
         device = self.values.device
         flag = (self.first_bad_step >= 0).double().view(1)
         host = torch.tensor([self.host[k] for k in _HOST_KEYS], dtype=torch.float64, device=device)
@@ -255,7 +262,7 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
     out = Path(output_dir or recipe.output.dir)
     with output_lock(out) if world.is_writer else contextlib.nullcontext():
         try:
-            return _train(recipe, output_dir=out, logger=logger, overwrite=overwrite, resume=resume, stop=stop)
+            return _train(recipe, world, out, logger=logger, overwrite=overwrite, resume=resume, stop=stop)
         except io.WriteError as error:
             if not (out / CHECKPOINT_FILE).is_file():
                 raise
@@ -263,13 +270,11 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
                             f"{error.remedy} and continue with: pace train RECIPE --resume --output-dir {out}") from None
 
 
-def _train(recipe: Recipe, *, output_dir: Path, logger: TrainLogger | None, overwrite: bool, resume: bool,
-           stop: threading.Event | None) -> TrainResult:
-    world = distributed.init_from_environment(recipe.train.device)
+def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: TrainLogger | None, overwrite: bool,
+           resume: bool, stop: threading.Event | None) -> TrainResult:
     writer = world.is_writer
     logger = (logger or TrainLogger()) if writer else TrainLogger()
     stop = stop or threading.Event()
-    out = Path(output_dir or recipe.output.dir)
     adapter_path, metrics_path, recipe_path = out / ADAPTER_FILE, out / METRICS_FILE, out / RECIPE_FILE
     checkpoint_path = out / CHECKPOINT_FILE
     saved = _prepare_output(out, recipe, resume=resume, overwrite=overwrite)
@@ -375,9 +380,7 @@ def _train(recipe: Recipe, *, output_dir: Path, logger: TrainLogger | None, over
                 step += 1
 
                 if step % recipe.train.log_every == 0:
-                    sums, bad = window.reduced()
-                    if bad != -1:
-                        raise _diverged(bad, epoch)
+                    sums = window.checked(epoch)
                     count = max(sums["steps"], 1e-12)
                     last_logged = {
                         "type": "step", "epoch": epoch + 1, "step": step, "loss": sums["loss"] / count,
@@ -393,9 +396,7 @@ def _train(recipe: Recipe, *, output_dir: Path, logger: TrainLogger | None, over
                 stopping = distributed.any_rank(stop.is_set())
                 every = recipe.train.checkpoint_every
                 if stopping or (every and step % every == 0 and batch_index + 1 < steps_per_epoch):
-                    sums, bad = epoch_totals.reduced()
-                    if bad != -1:
-                        raise _diverged(bad, epoch)  # never checkpoint a diverged state
+                    sums = epoch_totals.checked(epoch)  # never checkpoint a diverged state
                     save(Position(step, epoch, batch_index + 1), sums, loader_state_at_epoch_start)
                 if stopping:
                     signum = getattr(stop, "signum", signal.SIGTERM if world.distributed else signal.SIGINT)
@@ -404,9 +405,7 @@ def _train(recipe: Recipe, *, output_dir: Path, logger: TrainLogger | None, over
                         f"continue with: pace train RECIPE --resume --output-dir {out}",
                         exit_code=128 + int(signum))
 
-            sums, bad = epoch_totals.reduced()
-            if bad != -1:
-                raise _diverged(bad, epoch)
+            sums = epoch_totals.checked(epoch)
             epoch_record: dict[str, Any] = {
                 "type": "epoch", "epoch": epoch + 1, "step": step,
                 "train_loss": sums["loss"] / steps_per_epoch,
@@ -430,25 +429,33 @@ def _train(recipe: Recipe, *, output_dir: Path, logger: TrainLogger | None, over
 
     # --- outputs ----------------------------------------------------------------------------------
     seconds = time.perf_counter() - started
-    p = recipe.pace
-    metadata = artifacts.adapter_metadata(
-        kind=recipe.adapter.kind, rank=recipe.adapter.rank, targets=list(recipe.adapter.targets),
-        layers=report.adapted_layers, head=report.head_name,
-        pace={"variant": p.variant, "lambda": p.lambda_, "sigma": p.sigma, "lazy_interval": p.lazy_interval,
-              "noise_free_blocks": p.noise_free_blocks},
-        timm_model=recipe.model.name, timm_kwargs=timm_kwargs(recipe), num_classes=num_classes,
-        class_names=class_names(train_set, num_classes), base_fingerprint=fingerprints["float32"], base_checkpoint=recipe.model.checkpoint,
-        recipe_toml=recipe_to_toml(recipe), trainable_parameters=report.trainable_parameters,
-        extra={"base_fingerprints": fingerprints, "val_top1": val_result.top1 if val_result else None, "epochs": recipe.train.epochs, "steps": step,
-               "recipe_json": recipe_to_dict(recipe), "world_size": world.size},
-    )
     if writer:
+        metadata = _adapter_metadata(recipe, report, fingerprints, class_names(train_set, num_classes),
+                                     val_result, step, world)
         io.save_tensors(adapter_path, adapter_state_dict(model), metadata)
     distributed.barrier()
     regularizer.remove()
     logger.finish()
     return TrainResult(out, adapter_path, metrics_path, recipe_path, step, seconds,
                        images_seen / seconds if seconds else 0.0, val_result, report)
+
+
+def _adapter_metadata(recipe: Recipe, report: InjectionReport, fingerprints: dict[str, str], names: list[str],
+                      val_result: EvalResult | None, steps: int, world: distributed.World) -> dict[str, Any]:
+    """What the adapter file says about how it was made."""
+    p = recipe.pace
+    return artifacts.adapter_metadata(
+        kind=recipe.adapter.kind, rank=recipe.adapter.rank, targets=list(recipe.adapter.targets),
+        layers=report.adapted_layers, head=report.head_name,
+        pace={"variant": p.variant, "lambda": p.lambda_, "sigma": p.sigma, "lazy_interval": p.lazy_interval,
+              "noise_free_blocks": p.noise_free_blocks},
+        timm_model=recipe.model.name, timm_kwargs=timm_kwargs(recipe), num_classes=len(names),
+        class_names=names, base_fingerprint=fingerprints["float32"], base_checkpoint=recipe.model.checkpoint,
+        recipe_toml=recipe_to_toml(recipe), trainable_parameters=report.trainable_parameters,
+        extra={"base_fingerprints": fingerprints, "val_top1": val_result.top1 if val_result else None,
+               "epochs": recipe.train.epochs, "steps": steps, "recipe_json": recipe_to_dict(recipe),
+               "world_size": world.size},
+    )
 
 
 @contextmanager
