@@ -652,12 +652,13 @@ def _pick_image_folder(root: Path, rels: list[str], candidates: Sequence[str], e
                     "set [data] image_dir to the folder the listed paths are relative to")
 
 
-def _check_files(paths: list[Path], where: Sequence[str], listing: Path) -> None:
+def _check_files(paths: list[Path], where: Sequence[str]) -> None:
+    """One line for the first listed image that is missing; ``where`` says where each was listed."""
     missing = [(p, w) for p, w in zip(paths, where) if not p.is_file()]
     if missing:
         path, w = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise PaceError(f"image {path} listed {w} of {listing} not found{more}; "
+        raise PaceError(f"image {path} listed {w} not found{more}; "
                         "check [data] root and image_dir, or remove the entry")
 
 
@@ -695,7 +696,7 @@ def _build_fewshot(root: Path, split: str, common: dict, *, image_dir: str | Non
     candidates = [image_dir] if image_dir is not None else [default_dir]
     folder = _pick_image_folder(root, rels, candidates, explicit=True, listing=list_file)
     paths = [folder / rel for rel in rels]
-    _check_files(paths, [f"on line {ln}" for _, _, ln in entries], list_file)
+    _check_files(paths, [f"on line {ln} of {list_file}" for _, _, ln in entries])
     ds = _CropFileDataset(paths, folder, augment=train, aug_seed=seed, classes=[str(c) for c in ordered],
                           labels=labels, **common)
     ds.class_ids = ordered
@@ -747,12 +748,7 @@ def _build_fgvc(root: Path, split: str, common: dict, *, image_dir: str | None, 
     candidates = [image_dir] if image_dir is not None else list(FGVC_IMAGE_DIRS)
     folder = _pick_image_folder(root, rels, candidates, explicit=image_dir is not None, listing=entries[0][2])
     paths = [folder / rel for rel in rels]
-    missing = [(p, f) for p, (_, _, f) in zip(paths, entries) if not p.is_file()]
-    if missing:
-        path, listing = missing[0]
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise PaceError(f"image {path} listed in {listing} not found{more}; "
-                        "check [data] root and image_dir, or remove the entry")
+    _check_files(paths, [f"in {listing}" for _, _, listing in entries])
     ds = _CropFileDataset(paths, folder, augment=train, aug_seed=seed, classes=[str(c) for c in ordered],
                           labels=labels, **common)
     ds.class_ids = ordered
