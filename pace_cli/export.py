@@ -413,6 +413,44 @@ class PeftImportReport:
     bias_layers: int  # layers whose bias moved
 
 
+def _imported_layer(peft, parts, path: str, layer: nn.Module, config_rank: int, scale: float,
+                    model_name: str) -> dict[str, Tensor]:
+    """One PEFT LoRA layer as pace tensors: lora_A, lora_B with PEFT's scaling folded in, Δb.
+
+    The layer must be an nn.Linear of the recipe's model with the shapes the factors imply.
+    """
+    if not isinstance(layer, nn.Linear):
+        raise PaceError(f"PEFT target {path} is a {type(layer).__name__} of {model_name}; pace imports "
+                        "LoRA on nn.Linear layers (not the head) only")
+    lora_a, lora_b = parts.lora_A[path].float(), parts.lora_B[path].float()
+    if lora_a.dim() != 2 or lora_b.dim() != 2 or lora_a.shape[0] != config_rank or lora_b.shape[1] != config_rank:
+        raise PaceError(f"PEFT layer {path} has lora_A {list(lora_a.shape)} and lora_B {list(lora_b.shape)}, "
+                        f"not rank r = {config_rank} as the config says; per-layer ranks cannot be imported")
+    if tuple(lora_a.shape) != (config_rank, layer.in_features) or \
+            tuple(lora_b.shape) != (layer.out_features, config_rank):
+        raise PaceError(f"PEFT layer {path} has lora_A {list(lora_a.shape)} and lora_B {list(lora_b.shape)} but "
+                        f"{model_name}'s {path} is {layer.out_features}x{layer.in_features}; "
+                        "is this adapter for another model or other model arguments?")
+    # pace applies B A unscaled: fold PEFT's alpha / r (or alpha / sqrt(r)) into B.
+    tensors = {f"{path}.lora_A": lora_a, f"{path}.lora_B": lora_b if scale == 1.0 else lora_b * scale}
+    delta_b = None
+    if path in parts.saved_bias:
+        if layer.bias is None:
+            raise PaceError(f"'{peft.path}' saves a bias for {path}, which has none in {model_name}")
+        delta_b = parts.saved_bias[path].float() - layer.bias.detach().float()
+    if path in parts.lora_bias:
+        if layer.bias is None:
+            raise PaceError(f"'{peft.path}' has a LoRA bias for {path}, which has no bias in {model_name}; "
+                            "the merged model would need a bias the architecture lacks")
+        shift = parts.lora_bias[path].float() * scale
+        delta_b = shift if delta_b is None else delta_b + shift
+    if layer.bias is not None:
+        if delta_b is not None and tuple(delta_b.shape) != (layer.out_features,):
+            raise PaceError(f"PEFT bias of {path} has shape {list(delta_b.shape)}, not [{layer.out_features}]")
+        tensors[f"{path}.delta_bias"] = torch.zeros(layer.out_features) if delta_b is None else delta_b
+    return tensors
+
+
 def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bool = False) -> PeftImportReport:
     """Turn a PEFT LoRA folder for a timm model into a pace ``lora_add`` adapter file.
 
@@ -485,38 +523,13 @@ def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bo
     state: dict[str, Tensor] = {}
     bias_layers = 0
     for path in layer_order:
-        layer = modules[path]
-        if not isinstance(layer, nn.Linear) or path == head_name or path.startswith(head_prefix):
-            raise PaceError(f"PEFT target {path} is a {type(layer).__name__} of {recipe.model.name}; pace imports "
-                            "LoRA on nn.Linear layers (not the head) only")
-        lora_a, lora_b = parts.lora_A[path].float(), parts.lora_B[path].float()
-        if lora_a.dim() != 2 or lora_b.dim() != 2 or lora_a.shape[0] != config_rank or lora_b.shape[1] != config_rank:
-            raise PaceError(f"PEFT layer {path} has lora_A {list(lora_a.shape)} and lora_B {list(lora_b.shape)}, "
-                            f"not rank r = {config_rank} as the config says; per-layer ranks cannot be imported")
-        if tuple(lora_a.shape) != (config_rank, layer.in_features) or \
-                tuple(lora_b.shape) != (layer.out_features, config_rank):
-            raise PaceError(f"PEFT layer {path} has lora_A {list(lora_a.shape)} and lora_B {list(lora_b.shape)} but "
-                            f"{recipe.model.name}'s {path} is {layer.out_features}x{layer.in_features}; "
-                            "is this adapter for another model or other model arguments?")
-        # pace applies B A unscaled: fold PEFT's alpha / r (or alpha / sqrt(r)) into B.
-        state[f"{path}.lora_A"] = lora_a
-        state[f"{path}.lora_B"] = lora_b if scale == 1.0 else lora_b * scale
-        delta_b = None
-        if path in parts.saved_bias:
-            if layer.bias is None:
-                raise PaceError(f"'{peft.path}' saves a bias for {path}, which has none in {recipe.model.name}")
-            delta_b = parts.saved_bias[path].float() - layer.bias.detach().float()
-        if path in parts.lora_bias:
-            if layer.bias is None:
-                raise PaceError(f"'{peft.path}' has a LoRA bias for {path}, which has no bias in {recipe.model.name}; "
-                                "the merged model would need a bias the architecture lacks")
-            shift = parts.lora_bias[path].float() * scale
-            delta_b = shift if delta_b is None else delta_b + shift
-        if layer.bias is not None:
-            if delta_b is not None and tuple(delta_b.shape) != (layer.out_features,):
-                raise PaceError(f"PEFT bias of {path} has shape {list(delta_b.shape)}, not [{layer.out_features}]")
-            state[f"{path}.delta_bias"] = torch.zeros(layer.out_features) if delta_b is None else delta_b
-            bias_layers += int(delta_b is not None and bool(delta_b.any()))
+        if path == head_name or path.startswith(head_prefix):
+            raise PaceError(f"PEFT target {path} is a {type(modules[path]).__name__} of {recipe.model.name}; "
+                            "pace imports LoRA on nn.Linear layers (not the head) only")
+        tensors = _imported_layer(peft, parts, path, modules[path], config_rank, scale, recipe.model.name)
+        state.update(tensors)
+        moved = tensors.get(f"{path}.delta_bias")
+        bias_layers += int(moved is not None and bool(moved.any()))
     for key, tensor in head_tensors.items():
         state[key] = tensor.detach().float().contiguous()
     for key, tensor in state.items():
