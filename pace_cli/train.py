@@ -313,16 +313,15 @@ def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: Train
                     peak=recipe.optim.lr, start=recipe.optim.warmup_start_lr, floor=recipe.optim.min_lr)
     position = Position()
     epoch_sums: dict[str, float] | None = None
-    loader_state_at_epoch_start = loader.generator.get_state()
     if saved is not None:
         with restoring(checkpoint_path):  # a damaged file is named, with the way out, never a traceback
             load_adapter_state_dict(model, saved.model_state())
             saved.restore_optimizer(optimizer)
             regularizer.load_state_dict(saved.pace_state())
             saved.restore_global_rng()
+            # the shuffle generator as it was when the interrupted epoch began
             loader.generator.set_state(saved.tensors["rng.loader_epoch_start"])
         position, epoch_sums = saved.position, saved.epoch_sums
-        loader_state_at_epoch_start = saved.tensors["rng.loader_epoch_start"]
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         io.write_text_atomic(recipe_path, recipe_to_toml(recipe))
@@ -355,8 +354,6 @@ def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: Train
             if hasattr(train_set, "set_epoch"):
                 # random crops keyed by (seed, epoch, sample): the same for any worker or process count
                 train_set.set_epoch(epoch)
-            if saved is not None and epoch == position.epoch:
-                loader.generator.set_state(loader_state_at_epoch_start)
             loader_state_at_epoch_start = loader.generator.get_state()
             skip = position.batches_done if resuming_mid_epoch else 0
             for batch_index, (images, labels, indices) in enumerate(loader):
