@@ -7,12 +7,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pace_cli import data as data_sources
-from pace_cli.adapters import AdapterConfig, InjectionReport, inject_adapters
+from pace_cli.data import datasets as data_sources
+from pace_cli.adapters.layer import AdapterConfig, InjectionReport, inject_adapters
 from pace_cli.errors import PaceError
 from pace_cli.models import create_model, load_base_weights
-from pace_cli.pace import PaceConfig
-from pace_cli.recipe import Recipe
+from pace_cli.regularizer.pace import PaceConfig
+from pace_cli.recipe.schema import Recipe
 
 
 def timm_kwargs(recipe: Recipe) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pace_cli.errors import PaceError
-from pace_cli.recipe import Recipe, ineffective_settings, load_recipe
+from pace_cli.recipe.schema import Recipe, ineffective_settings, load_recipe
 
 # What each value costs in a training step, in bytes: fp32 weights of the whole model; for the
 # trainable ones also the gradient and AdamW's two moments.
@@ -177,7 +177,7 @@ def _build_on_meta(recipe: Recipe, num_classes: int) -> nn.Module:
 
 def _inject(report: CheckReport, recipe: Recipe, model: nn.Module):
     """Adapters into the meta model, after matching each target pattern alone so every bad one is listed."""
-    from pace_cli.adapters import find_target_layers, head_module_name, inject_adapters
+    from pace_cli.adapters.layer import find_target_layers, head_module_name, inject_adapters
     from pace_cli.builders import adapter_config
 
     config = adapter_config(recipe)
@@ -190,8 +190,8 @@ def _inject(report: CheckReport, recipe: Recipe, model: nn.Module):
 
 
 def _check_checkpoint(report: CheckReport, recipe: Recipe, model: nn.Module) -> None:
-    from pace_cli import io
-    from pace_cli.adapters import head_module_name
+    from pace_cli import files
+    from pace_cli.adapters.layer import head_module_name
     from pace_cli.errors import describe_key_mismatch
     from pace_cli.models import resolve_checkpoint
 
@@ -213,8 +213,8 @@ def _check_checkpoint(report: CheckReport, recipe: Recipe, model: nn.Module) -> 
 
     def shapes() -> dict[str, tuple]:
         if path.suffix.lower() == ".safetensors":
-            return {key: tuple(shape) for key, (_, shape) in io.tensor_info(path).items()}  # header only
-        return {key: tuple(t.shape) for key, t in io.load_state_dict(path).items()}
+            return {key: tuple(shape) for key, (_, shape) in files.tensor_info(path).items()}  # header only
+        return {key: tuple(t.shape) for key, t in files.load_state_dict(path).items()}
 
     found = _collect(report, shapes)
     if found is None:
@@ -243,7 +243,7 @@ def _check_checkpoint(report: CheckReport, recipe: Recipe, model: nn.Module) -> 
 
 def _plan(report: CheckReport, recipe: Recipe, train_set, model: nn.Module, injection) -> None:
     from pace_cli.builders import image_size
-    from pace_cli.pace import block_of, sigma_schedule
+    from pace_cli.regularizer.pace import block_of, sigma_schedule
 
     p = recipe.pace
     if p.variant == "off":

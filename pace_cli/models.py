@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from pace_cli.adapters import ADAPTER_TENSOR_NAMES, head_module_name
+from pace_cli.adapters.layer import ADAPTER_TENSOR_NAMES, head_module_name
 from pace_cli.errors import PaceError, describe_key_mismatch
 
 BUILTIN_PREFIX = "builtin:"
@@ -168,7 +168,7 @@ def load_base_weights(model: nn.Module, checkpoint: str | Path, *, allow_new_hea
     head whose shape differs from the model's (another number of classes) is skipped; every
     other mismatch is an error.
     """
-    from pace_cli import io
+    from pace_cli import files
 
     path = resolve_checkpoint(str(checkpoint)) if isinstance(checkpoint, str) else Path(checkpoint)
     if path.suffix.lower() == ".npz":
@@ -179,7 +179,7 @@ def load_base_weights(model: nn.Module, checkpoint: str | Path, *, allow_new_hea
         except Exception as error:  # noqa: BLE001 - numpy/timm raise many kinds; the user needs one line
             raise PaceError(f"could not load npz checkpoint {path}: {type(error).__name__}: {error}") from error
         return []
-    state = io.load_state_dict(path)
+    state = files.load_state_dict(path)
     return load_state_into(model, state, source=str(path), allow_new_head=allow_new_head)
 
 
@@ -228,7 +228,7 @@ def base_fingerprints(model: nn.Module) -> dict[str, str]:
     A half-precision copy of the base is the same base for merging purposes; storing the
     fingerprint of each rounding lets `merge` recognise it without trusting a cast of its own.
     """
-    from pace_cli import io
+    from pace_cli import files
 
-    return {name: io.fingerprint((key, tensor.to(dtype)) for key, tensor in base_state_items(model))
+    return {name: files.fingerprint((key, tensor.to(dtype)) for key, tensor in base_state_items(model))
             for name, dtype in FINGERPRINT_DTYPES.items()}

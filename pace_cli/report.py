@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pace_cli import io
+from pace_cli import files
 from pace_cli.errors import PaceError
 
 # (epoch record key, panel title, log scale)
@@ -59,7 +59,7 @@ class ReportResult:
 
 
 def read_run(path: Path, label: str) -> RunCurves:
-    from pace_cli.train import METRICS_FILE
+    from pace_cli.training.loop import METRICS_FILE
 
     metrics = path / METRICS_FILE
     if not metrics.is_file():
@@ -85,7 +85,7 @@ def read_run(path: Path, label: str) -> RunCurves:
 
 
 def read_sweep(path: Path, label: str) -> SweepGrid:
-    from pace_cli.sweep import SWEEP_JSON
+    from pace_cli.sweep.run import SWEEP_JSON
 
     try:
         table = json.loads((path / SWEEP_JSON).read_text())
@@ -147,8 +147,8 @@ def write_report(folders: Sequence[str | Path], output: str | Path, *, labels: S
     output = Path(output)
     if output.suffix.lower() != ".png":
         raise PaceError(f"report output '{output}' must end in .png")
-    io.check_can_write(output, overwrite)
-    from pace_cli.sweep import SWEEP_JSON
+    files.check_can_write(output, overwrite)
+    from pace_cli.sweep.run import SWEEP_JSON
 
     runs, sweeps = [], []
     for path, label in zip(paths, _labels(paths, labels)):
@@ -190,10 +190,10 @@ def write_report(folders: Sequence[str | Path], output: str | Path, *, labels: S
         figure.tight_layout()
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
-            with io.atomic_path(output) as tmp:
+            with files.atomic_path(output) as tmp:
                 figure.savefig(tmp, format="png", dpi=dpi)
         except OSError as error:  # a full disk: one line, and the previous report stays as it was
-            raise io.write_error(output, error) from None
+            raise files.write_error(output, error) from None
         width, height = (round(v * dpi) for v in figure.get_size_inches())
     finally:
         plt.close(figure)

@@ -19,13 +19,14 @@ from pathlib import Path
 import timm
 import torch
 
-from pace_cli import artifacts, io
+from pace_cli.artifacts import core as artifacts
+from pace_cli import files
 from pace_cli.builders import build_dataset, timm_kwargs
-from pace_cli.data import make_loader
-from pace_cli.export import export_peft, import_peft
+from pace_cli.data.datasets import make_loader
+from pace_cli.artifacts.peft import export_peft, import_peft
 from pace_cli.models import resolve_checkpoint
-from pace_cli.recipe import load_recipe
-from pace_cli.session import build_eval_model
+from pace_cli.recipe.schema import load_recipe
+from pace_cli.evaluation import build_eval_model
 
 
 @torch.no_grad()
@@ -59,7 +60,7 @@ def main() -> None:
 
         def user_model() -> torch.nn.Module:  # a PEFT user's model: timm with the base weights, no pace
             model = timm.create_model(recipe.model.name, num_classes=num_classes, **timm_kwargs(recipe))
-            state = io.load_tensors(base)
+            state = files.load_tensors(base)
             model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head + ".")}, strict=False)
             return model
 

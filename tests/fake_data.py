@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pace_cli.data import VTAB1K_SPLITS, fewshot_list
-from pace_cli.recipe import Recipe, recipe_to_dict
+from pace_cli.data.datasets import VTAB1K_SPLITS, fewshot_list
+from pace_cli.recipe.schema import Recipe, recipe_to_dict
 
 __all__ = ["make_fake_data", "write_png", "class_ids_for"]
 

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from pace_cli.cli import app
+from pace_cli.cli.app import app
 
 runner = CliRunner()
 
@@ -297,7 +297,7 @@ def case_disk_full_exporting_peft(tmp):
 @contextlib.contextmanager
 def _full_disk(name: str):
     """safetensors' writer and the streaming writer's files find the disk full for outputs called ``name``."""
-    import pace_cli.io as pio
+    import pace_cli.files.tensors as pio
 
     def full(path):
         if Path(str(path)).name.startswith(f".{name}.tmp"):

@@ -5,8 +5,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pace_cli.check import check_recipe, saved_activation_bytes
-from pace_cli.cli import app
-from pace_cli.io import save_tensors
+from pace_cli.cli.app import app
+from pace_cli.files.tensors import save_tensors
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
 runner = CliRunner()

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pace_cli.cli import app
+from pace_cli.cli.app import app
 
 runner = CliRunner()
 

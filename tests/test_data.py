@@ -13,14 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pace_cli import data
-from pace_cli.data import (
-    FASHION_MNIST_DEFAULT_ROOT,
-    SOURCES,
-    PaceDataset,
-    build_dataset,
-    make_loader,
-)
+from pace_cli.data import datasets as data
+from pace_cli.data.datasets import FASHION_MNIST_DEFAULT_ROOT, SOURCES, PaceDataset, build_dataset, make_loader
 from pace_cli.errors import PaceError
 
 COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "emu": (0, 255, 0)}

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from pace_cli import distributed
-from pace_cli.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from pace_cli.data import build_dataset, make_loader
+from pace_cli.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from pace_cli.data.datasets import build_dataset, make_loader
 from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
-from pace_cli.io import load_tensors
-from pace_cli.recipe import parse_recipe
-from pace_cli.train import TrainingInterrupted, TrainLogger, train
+from pace_cli.files.tensors import load_tensors
+from pace_cli.recipe.schema import parse_recipe
+from pace_cli.training.loop import TrainingInterrupted, TrainLogger, train
 
 RECIPE = """
 [model]
@@ -139,7 +139,7 @@ def test_eval_under_torchrun_matches_one_process(tmp_path):
     recipe_path.write_text(RECIPE.replace("[train]", "[train]\nseed = 1").replace("epochs = 2", "epochs = 1"))
     from typer.testing import CliRunner
 
-    from pace_cli.cli import app
+    from pace_cli.cli.app import app
 
     trained = CliRunner().invoke(app, ["train", str(recipe_path), "-o", str(tmp_path / "run"), "--json"])
     assert trained.exit_code == 0, trained.output
@@ -253,7 +253,7 @@ def test_more_processes_than_gpus_is_refused(monkeypatch):
 def test_nproc_under_torchrun_is_refused(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from pace_cli.cli import app
+    from pace_cli.cli.app import app
 
     recipe_path = tmp_path / "r.toml"
     recipe_path.write_text(RECIPE)

@@ -16,14 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from pace_cli import artifacts
-from pace_cli import io as pio
-from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
-from pace_cli.cli import app
-from pace_cli.export import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
+from pace_cli.artifacts import core as artifacts
+from pace_cli.files import tensors as pio
+from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli.cli.app import app
+from pace_cli.artifacts.peft import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
 from pace_cli.models import base_fingerprints, resolve_checkpoint
-from pace_cli.recipe import load_recipe, recipe_to_toml
-from pace_cli.session import build_eval_model
+from pace_cli.recipe.schema import load_recipe, recipe_to_toml
+from pace_cli.evaluation import build_eval_model
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_peft_loads_export_of_a_swin_adapter(tmp_path):
     """Swin's classifier sits at head.fc and its attention runs per window: the mapping is not ViT-specific."""
     peft = peft_or_skip()
     from conftest import tiny_swin
-    from pace_cli.merge import merge_state_dict
+    from pace_cli.adapters.merge import merge_state_dict
 
     base_state = tiny_swin(num_classes=4).state_dict()
     save_file(base_state, str(tmp_path / "swin.safetensors"))
@@ -433,8 +433,8 @@ def test_merged_file_loads_through_timm_pretrained_cfg_overlay(tmp_path):
     assert max_diff(logits(model, digits), logits(pace_model, digits)) == 0.0
 
     from pace_cli.builders import build_dataset
-    from pace_cli.data import make_loader
-    from pace_cli.evaluate import evaluate
+    from pace_cli.data.datasets import make_loader
+    from pace_cli.evaluation import evaluate
 
     test_set = build_dataset(recipe, "test")
     result = evaluate(model, make_loader(test_set, 256, shuffle=False), class_names=test_set.classes, split="test")

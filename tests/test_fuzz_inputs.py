@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from pace_cli.data import build_dataset
+from pace_cli.data.datasets import build_dataset
 from pace_cli.errors import PaceError
-from pace_cli.recipe import parse_recipe
+from pace_cli.recipe.schema import parse_recipe
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -116,7 +116,7 @@ def peft_parts(tmp_path_factory):
 @FUZZ
 @given(config=_config, raw=st.one_of(st.none(), st.binary(max_size=40)))
 def test_fuzz_peft_folders(peft_parts, config, raw):
-    from pace_cli.export import import_peft
+    from pace_cli.artifacts.peft import import_peft
 
     weights, recipe = peft_parts
     work = Path(tempfile.mkdtemp())
@@ -154,7 +154,7 @@ _grid_spec = st.one_of(st.tuples(_grid_key, st.lists(_grid_value, max_size=4)).m
 @given(specs=st.lists(_grid_spec, max_size=3), seeds=st.one_of(st.just("0"), st.text(max_size=8)))
 def test_fuzz_sweep_grids(tmp_path_factory, specs, seeds):
     pytest.importorskip("pace_cli.sweep")
-    from pace_cli.sweep import parse_seeds, plan_sweep
+    from pace_cli.sweep.run import parse_seeds, plan_sweep
 
     work = tmp_path_factory.mktemp("sweep")
     recipe = work / "recipe.toml"

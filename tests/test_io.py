@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pace_cli.io as pio
+import pace_cli.files.tensors as pio
 from pace_cli.errors import PaceError
 
 

@@ -3,10 +3,10 @@ import torch
 from torch import nn
 
 from conftest import tiny_swin, tiny_vit
-from pace_cli.adapters import ADAPTER_KINDS, AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli.adapters.layer import ADAPTER_KINDS, AdapterConfig, adapter_state_dict, inject_adapters
 from pace_cli.errors import PaceError
-from pace_cli.merge import merge_layer, merge_state_dict
-from pace_cli.pace import PaceConfig, PaceRegularizer
+from pace_cli.adapters.merge import merge_layer, merge_state_dict
+from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
 
 MERGE_ERRORS: dict[str, float] = {}
 

@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 from conftest import tiny_swin, tiny_vit
-from pace_cli.adapters import AdaptedLinear, AdapterConfig, inject_adapters
+from pace_cli.adapters.layer import AdaptedLinear, AdapterConfig, inject_adapters
 from pace_cli.errors import PaceError
-from pace_cli.pace import PaceConfig, PaceRegularizer, fp_distance, sigma_schedule
+from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer, fp_distance, sigma_schedule
 
 
 def noisy_layer(kind="lora_add", sigma=0.5, d_in=8, d_out=6):
@@ -50,7 +50,7 @@ def test_windows_of_one_sample_share_its_noise(monkeypatch, kind, fused):
     """Swin's window attention sees [samples x windows, tokens, C]; a sample's draw covers its windows."""
     from types import SimpleNamespace
 
-    import pace_cli.noisy_linear as nl
+    import pace_cli.adapters.fused as nl
 
     monkeypatch.setattr(nl, "MIN_TOKENS_PER_SAMPLE", 1 if fused else 10**9)
     samples, windows = 3, 4

@@ -5,15 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pace_cli.errors import PaceError
-from pace_cli.recipe import (
-    SECTIONS,
-    Recipe,
-    _toml_document,
-    apply_overrides,
-    load_recipe,
-    parse_recipe,
-    recipe_to_dict,
-    recipe_to_toml,
+from pace_cli.recipe.schema import (
+    SECTIONS, Recipe, _toml_document, apply_overrides, load_recipe, parse_recipe, recipe_to_dict, recipe_to_toml,
 )
 
 MINIMAL = """
@@ -332,14 +325,14 @@ def test_saved_recipe_of_any_source_loads_again():
     ('variant = "fast"\nlazy_interval = 4', "lazy_interval set but ignored with variant = 'fast'"),
 ])
 def test_switched_off_pace_keys_warn(pace, expected):
-    from pace_cli.recipe import ineffective_settings
+    from pace_cli.recipe.schema import ineffective_settings
 
     notes = ineffective_settings(parse_recipe(MINIMAL + "[pace]\n" + pace))
     assert len(notes) == 1 and expected in notes[0]
 
 
 def test_no_warning_for_keys_that_are_read():
-    from pace_cli.recipe import ineffective_settings
+    from pace_cli.recipe.schema import ineffective_settings
 
     for pace in ('variant = "lazy"\nlazy_interval = 4\nsigma = 2.0', 'variant = "off"\nsigma = 1.0\nlambda = 1.0',
                  'variant = "fast"\nsigma = 0.5\nnoise_free_blocks = 1'):

@@ -22,10 +22,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from pace_cli import io as pio
-from pace_cli import lock, models
-from pace_cli.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from pace_cli.cli import app
+from pace_cli.files import tensors as pio
+from pace_cli import models
+from pace_cli.files import lock
+from pace_cli.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from pace_cli.cli.app import app
 from pace_cli.errors import PaceError
 
 runner = CliRunner()
@@ -328,7 +329,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 
 
 def test_full_disk_while_logging_metrics(tmp_path, monkeypatch):
-    import pace_cli.train as train_module
+    import pace_cli.training.loop as train_module
 
     writes = {"n": 0}
 
@@ -503,7 +504,7 @@ def test_full_disk_while_drawing_a_report_keeps_the_old_one(tmp_path, monkeypatc
 
 
 def test_sweep_reads_past_a_torn_metrics_line(tmp_path):
-    from pace_cli.sweep import _last_validation
+    from pace_cli.sweep.run import _last_validation
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"type": "epoch", "epoch": 1, "val_top1": 0.5, "val_loss": 1.0}\n{"type": "ep')

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from pace_cli.errors import PaceError
-from pace_cli.io import load_tensors
-from pace_cli.recipe import parse_recipe
-from pace_cli.train import TrainLogger, TrainingInterrupted, train
+from pace_cli.files.tensors import load_tensors
+from pace_cli.recipe.schema import parse_recipe
+from pace_cli.training.loop import TrainLogger, TrainingInterrupted, train
 
 RECIPE = """
 [model]

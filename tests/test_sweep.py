@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pace_cli.cli import app
+from pace_cli.cli.app import app
 from pace_cli.errors import PaceError
-from pace_cli.sweep import (
+from pace_cli.sweep.run import (
     RunOutcome, SweepLogger, grid_settings, parse_grid, parse_seeds, plan_sweep, rank_settings, run_sweep,
 )
-from pace_cli.train import TrainingInterrupted, TrainLogger
+from pace_cli.training.loop import TrainingInterrupted, TrainLogger
 
 RECIPE = """
 [model]
@@ -255,8 +255,8 @@ def test_settings_that_would_share_a_folder_are_refused():
 
 
 def test_only_the_writer_writes_sweep_tables(recipe, tmp_path, monkeypatch):
-    import pace_cli.sweep as sweep_module
-    from pace_cli.sweep import SweepResult, write_tables
+    import pace_cli.sweep.run as sweep_module
+    from pace_cli.sweep.run import SweepResult, write_tables
 
     assert sweep_module._is_writer()  # one process, no process group: the writer
     monkeypatch.setattr(sweep_module, "_is_writer", lambda: False)  # what a rank other than 0 answers

@@ -11,12 +11,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fake_data import make_fake_data
-from pace_cli.cli import app
-from pace_cli.data import PaceDataset
+from pace_cli.cli.app import app
+from pace_cli.data.datasets import PaceDataset
 from pace_cli.errors import PaceError
-from pace_cli.recipe import load_recipe, parse_recipe, recipe_to_toml
-from pace_cli.session import export_base_weights
-from pace_cli.targets import head_indices, restricted_view, score_set
+from pace_cli.recipe.schema import load_recipe, parse_recipe, recipe_to_toml
+from pace_cli.artifacts.base import export_base_weights
+from pace_cli.evaluation import head_indices, restricted_view, score_set
 
 runner = CliRunner()
 
@@ -265,7 +265,7 @@ def test_a_missing_target_folder_fails_before_the_model_is_built(setup, tmp_path
 
 
 def test_eval_with_an_adapter_scores_the_targets_too(setup, tmp_path):
-    from pace_cli.train import train
+    from pace_cli.training.loop import train
 
     recipe_path, _ = setup()
     recipe = load_recipe(recipe_path, ["train.epochs=1", "data.batch_size=4", f"output.dir={tmp_path / 'run'}",

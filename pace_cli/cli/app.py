@@ -154,8 +154,8 @@ def train(
     def action():
         from pace_cli import distributed
         from pace_cli.errors import PaceError
-        from pace_cli.recipe import load_recipe
-        from pace_cli.train import TrainingInterrupted, train as run_training
+        from pace_cli.recipe.schema import load_recipe
+        from pace_cli.training.loop import TrainingInterrupted, train as run_training
 
         loaded = load_recipe(recipe, set_ or ())
         if nproc > 1:
@@ -167,7 +167,7 @@ def train(
             raise typer.Exit(distributed.launch_local(nproc, _argv_without_nproc(), loaded.train.device))
         speaks = distributed.is_rank_zero()  # under torchrun every rank trains; rank 0 reports
         if speaks:
-            from pace_cli.recipe import ineffective_settings
+            from pace_cli.recipe.schema import ineffective_settings
 
             for note in ineffective_settings(loaded):
                 err_console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
@@ -231,7 +231,7 @@ def merge(
     def action():
         import time
 
-        from pace_cli.artifacts import merge_files
+        from pace_cli.artifacts.core import merge_files
         from pace_cli.models import resolve_checkpoint
 
         base_path = resolve_checkpoint(base) if base.startswith("builtin:") else Path(base)
@@ -275,8 +275,8 @@ def eval_(
     """
     def action():
         from pace_cli.errors import PaceError
-        from pace_cli.recipe import load_recipe
-        from pace_cli.session import evaluate_recipe
+        from pace_cli.recipe.schema import load_recipe
+        from pace_cli.evaluation import evaluate_recipe
 
         if (weights is None) == (adapter is None):
             raise PaceError("pass exactly one of --weights MERGED or --adapter ADAPTER")
@@ -286,7 +286,7 @@ def eval_(
 
         loaded = load_recipe(recipe, set_ or ())
         if loaded.eval.targets and not no_targets:
-            from pace_cli.targets import evaluate_targets
+            from pace_cli.evaluation import evaluate_targets
 
             report = evaluate_targets(loaded, weights=weights, adapter=adapter, split=split, unmerged=unmerged)
             if not is_rank_zero():
@@ -352,7 +352,7 @@ def inspect(
     Example: [bold]pace inspect runs/qs/adapter.safetensors[/]
     """
     def action():
-        from pace_cli.session import describe_file
+        from pace_cli.artifacts.inspect import describe_file
 
         info = describe_file(file)
         if json_output:
@@ -387,8 +387,8 @@ def export_base(
     [bold]pace export-base recipes/vtab1k/cifar100.toml --set model.checkpoint=ViT-B_16.npz -o bases/vit_b16_in21k.safetensors[/]
     """
     def action():
-        from pace_cli.recipe import load_recipe
-        from pace_cli.session import export_base_weights
+        from pace_cli.recipe.schema import load_recipe
+        from pace_cli.artifacts.base import export_base_weights
 
         path = export_base_weights(load_recipe(recipe, set_ or ()), output, overwrite=overwrite)
         console.print(f"[green]wrote[/] {path}")
@@ -420,7 +420,7 @@ def export(
     """
     def action():
         from pace_cli.errors import PaceError
-        from pace_cli.export import EXPORT_FORMATS, export_peft
+        from pace_cli.artifacts.peft import EXPORT_FORMATS, export_peft
 
         if format_ not in EXPORT_FORMATS:
             raise PaceError(f"--format {format_!r} is not supported; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -453,8 +453,8 @@ def import_peft(
     Example: [bold]pace import-peft runs/qs/peft --recipe recipes/quickstart.toml -o runs/qs/imported.safetensors[/]
     """
     def action():
-        from pace_cli.export import import_peft as run_import
-        from pace_cli.recipe import load_recipe
+        from pace_cli.artifacts.peft import import_peft as run_import
+        from pace_cli.recipe.schema import load_recipe
 
         report = run_import(folder, output, load_recipe(recipe, set_ or ()), overwrite=overwrite)
         if json_output:
@@ -496,7 +496,7 @@ def render_check(report) -> None:
     if report.steps_per_epoch is not None:
         table.add_row("steps", f"{report.steps_per_epoch} per epoch (batch {report.batch_size}), {report.total_steps} in all")
     if report.memory:
-        from pace_cli.io import human_size
+        from pace_cli.files.tensors import human_size
 
         m = report.memory
         table.add_row("memory / step", f"~{human_size(m.total_bytes)}: activations {human_size(m.activation_bytes)} "
@@ -630,7 +630,7 @@ def sweep(
     """
     def action():
         from pace_cli.distributed import is_rank_zero
-        from pace_cli.sweep import parse_seeds, plan_sweep, run_sweep
+        from pace_cli.sweep.run import parse_seeds, plan_sweep, run_sweep
 
         plan = plan_sweep(recipe, output_dir, grid=grid or (), seeds=parse_seeds(seeds), overrides=set_ or (),
                           final=final)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pace_cli.errors import PaceError, describe_key_mismatch
-from pace_cli.low_rank_linear import low_rank_linear
-from pace_cli.noisy_linear import noisy_linear, worth_fusing
+from pace_cli.adapters.factored import low_rank_linear
+from pace_cli.adapters.fused import noisy_linear, worth_fusing
 
 ADAPTER_KINDS = ("lora_add", "lora_mul", "vpt_add", "lora_mul+vpt_add")
 DEFAULT_TARGETS = ("qkv", "proj", "fc1", "fc2")
@@ -142,7 +142,7 @@ class AdaptedLinear(nn.Module):
     Keeps the base layer's ``weight``/``bias`` parameter names so the state-dict keys of the base
     architecture do not move. ``noise_sigma`` is set by the PACE schedule; noise is drawn only in
     training mode and when it is positive. With a full-rank ΔW (``lora_mul``) the noisy forward
-    uses per-sample weights (:mod:`pace_cli.noisy_linear`) unless ``per_sample_weights`` is off.
+    uses per-sample weights (:mod:`pace_cli.adapters.fused`) unless ``per_sample_weights`` is off.
     """
 
     per_sample_weights = True

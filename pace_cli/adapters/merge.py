@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor
 
-from pace_cli.adapters import ADAPTER_TENSOR_NAMES, adapter_delta, adapter_tensor_names
+from pace_cli.adapters.layer import ADAPTER_TENSOR_NAMES, adapter_delta, adapter_tensor_names
 from pace_cli.errors import PaceError
 
 

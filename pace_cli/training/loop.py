@@ -20,21 +20,23 @@ from typing import Any
 
 import torch
 
-from pace_cli import artifacts, distributed, io
-from pace_cli.adapters import InjectionReport, adapter_state_dict, load_adapter_state_dict
-from pace_cli.checkpoint import (
+from pace_cli import distributed
+from pace_cli.artifacts import core as artifacts
+from pace_cli import files
+from pace_cli.adapters.layer import InjectionReport, adapter_state_dict, load_adapter_state_dict
+from pace_cli.training.checkpoint import (
     CHECKPOINT_FILE, Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
 )
 from pace_cli.builders import (
     build_adapted_model, build_dataset, make_optimizer, maybe_compile, pace_config, resolve_num_classes, timm_kwargs,
 )
-from pace_cli.data import make_loader
+from pace_cli.data.datasets import make_loader
 from pace_cli.errors import PaceError
-from pace_cli.evaluate import EvalResult, evaluate
-from pace_cli.lock import output_lock
+from pace_cli.evaluation import EvalResult, evaluate
+from pace_cli.files.lock import output_lock
 from pace_cli.models import base_fingerprints
-from pace_cli.pace import PaceRegularizer, fp_distance
-from pace_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
+from pace_cli.regularizer.pace import PaceRegularizer, fp_distance
+from pace_cli.recipe.schema import Recipe, recipe_to_dict, recipe_to_toml
 
 ADAPTER_FILE = "adapter.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -93,12 +95,12 @@ def _metrics_log(path: Path, keep_up_to_step: int | None):
     """Append-only JSON lines; on resume, drop records past the checkpoint (they will be redone)."""
     if keep_up_to_step is not None and path.is_file():
         kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= keep_up_to_step]
-        io.write_text_atomic(path, "".join(line + "\n" for line in kept))
+        files.write_text_atomic(path, "".join(line + "\n" for line in kept))
     try:
         # unbuffered: a record that fails to write must not linger in a buffer and be retried on close
         handle = open(path, "ab" if keep_up_to_step is not None else "wb", buffering=0)
     except OSError as error:
-        raise io.write_error(path, error) from None
+        raise files.write_error(path, error) from None
     with handle:
         def log(record: dict[str, Any]) -> None:
             data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
@@ -110,7 +112,7 @@ def _metrics_log(path: Path, keep_up_to_step: int | None):
                 # cut the torn record off, so the log stays whole lines for --resume
                 with contextlib.suppress(OSError):
                     os.ftruncate(handle.fileno(), end)
-                raise io.write_error(path, error) from None
+                raise files.write_error(path, error) from None
 
         yield log
 
@@ -169,7 +171,7 @@ def _prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool)
     if checkpoint_path.is_file() and not adapter_path.is_file() and not overwrite:
         raise PaceError(f"'{out}' holds an unfinished run ({CHECKPOINT_FILE}); pass --resume to continue it, "
                         "or --overwrite to start over")
-    io.check_can_write(adapter_path, overwrite)
+    files.check_can_write(adapter_path, overwrite)
     return None
 
 
@@ -254,7 +256,7 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
 
     Under torchrun every process calls this; they train one model with DistributedDataParallel,
     each on its share of every global batch, and only rank 0 writes files and reports progress.
-    The writer holds the output folder's lock (:mod:`pace_cli.lock`) for the whole run, so a
+    The writer holds the output folder's lock (:mod:`pace_cli.files.lock`) for the whole run, so a
     second run into the same folder is refused at start. A failed write (a full disk) keeps the
     last checkpoint and says how to continue from it.
     """
@@ -263,7 +265,7 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
     with output_lock(out) if world.is_writer else contextlib.nullcontext():
         try:
             return _train(recipe, world, out, logger=logger, overwrite=overwrite, resume=resume, stop=stop)
-        except io.WriteError as error:
+        except files.WriteError as error:
             if not (out / CHECKPOINT_FILE).is_file():
                 raise
             raise PaceError(f"{error.reason} while writing '{error.path}'; the last checkpoint in '{out}' is kept: "
@@ -324,7 +326,7 @@ def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: Train
         position, epoch_sums = saved.position, saved.epoch_sums
     if writer:
         out.mkdir(parents=True, exist_ok=True)
-        io.write_text_atomic(recipe_path, recipe_to_toml(recipe))
+        files.write_text_atomic(recipe_path, recipe_to_toml(recipe))
     logger.start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, report=report,
                  device=_describe_device(device, world), train_samples=len(train_set))
 
@@ -429,7 +431,7 @@ def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: Train
     if writer:
         metadata = _adapter_metadata(recipe, report, fingerprints, class_names(train_set, num_classes),
                                      val_result, step, world)
-        io.save_tensors(adapter_path, adapter_state_dict(model), metadata)
+        files.save_tensors(adapter_path, adapter_state_dict(model), metadata)
     distributed.barrier()
     regularizer.remove()
     logger.finish()

@@ -1,32 +1,154 @@
-"""Scoring one model on the recipe's test split and on every ``[[eval.targets]]`` set in one run.
+"""Evaluation: accuracy of a model on a split, the eval model built from a recipe, and the
+recipe's test split plus every ``[[eval.targets]]`` set scored in one run.
+
+Scoring one model on the recipe's test split and on every ``[[eval.targets]]`` set in one run.
 
 A target is another test set seen through the same head: a shifted domain (ImageNet-Sketch,
 -V2, -A, -R for a model trained on ImageNet) or any labelled folder. Its classes find their
 head outputs by name or by index (``class_map``), and it is scored either over all the head's
 logits or over the logits of the classes it holds (``restrict_logits``; ImageNet-A and -R hold
 200 of ImageNet's 1000 classes and are commonly scored that way). The model is built once; each
-set goes through :func:`pace_cli.evaluate.evaluate` unchanged: restriction is a thin module
+set goes through :func:`evaluate` unchanged: restriction is a thin module
 around the model and a relabelled view of the data set.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from pace_cli import distributed
-from pace_cli.builders import build_dataset, build_target_dataset
-from pace_cli.data import PaceDataset, make_loader
+from pace_cli import distributed, files
+from pace_cli.adapters.layer import AdapterConfig, inject_adapters, load_adapter_state_dict
+from pace_cli.adapters.merge import merge_state_dict
+from pace_cli.artifacts.core import read_adapter, read_file_metadata
+from pace_cli.builders import build_base_model, build_dataset, build_target_dataset
+from pace_cli.data.datasets import PaceDataset, make_loader
 from pace_cli.errors import PaceError
-from pace_cli.evaluate import EvalResult, evaluate
-from pace_cli.recipe import EvalTarget, Recipe
-from pace_cli.session import _names, build_eval_model
+from pace_cli.models import base_state_items, load_state_into
+from pace_cli.recipe.schema import EvalTarget, Recipe
+
+
+@dataclass
+class EvalResult:
+    split: str
+    samples: int
+    top1: float
+    top5: float | None
+    loss: float
+    per_class: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["images_per_second"] = self.images_per_second
+        return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, *, class_names: list[str], split: str,
+             device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+             sharded: bool = False) -> EvalResult:
+    """Run the model in eval mode over the loader (no noise, no dropout).
+
+    Counts stay on the device until the end (no host synchronisation per batch). With ``sharded``
+    the loader holds this process's share of the split and the counts are summed over processes,
+    so every rank returns the result for the whole split.
+    """
+    was_training = model.training
+    model.eval()
+    num_classes = len(class_names)
+    device = torch.device(device)
+    # per class: hits, totals; then top-5 hits and the summed loss (float64 so counts stay exact)
+    counts = torch.zeros(2 * num_classes + 2, dtype=torch.float64, device=device)
+    start = time.perf_counter()
+    for images, labels, _ in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(images)
+        logits = logits.float()
+        labels_in_range = labels.clamp(max=num_classes - 1)
+        hit = logits.argmax(dim=1) == labels
+        counts[:num_classes] += torch.bincount(labels_in_range[hit], minlength=num_classes)[:num_classes]
+        counts[num_classes:2 * num_classes] += torch.bincount(labels_in_range, minlength=num_classes)[:num_classes]
+        if logits.shape[1] >= 5:
+            counts[-2] += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
+        counts[-1] += nn.functional.cross_entropy(logits, labels, reduction="sum")
+    if sharded:
+        from pace_cli import distributed
+
+        distributed.all_reduce_sum(counts)
+    counts = counts.cpu()
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    correct, totals = counts[:num_classes].long(), counts[num_classes:2 * num_classes].long()
+    top5_hits, loss_sum = counts[-2].item(), counts[-1].item()
+    samples = int(totals.sum())
+    per_class = {name: (correct[i] / totals[i]).item() if totals[i] else float("nan")
+                 for i, name in enumerate(class_names)}
+    return EvalResult(
+        split=split, samples=samples, top1=correct.sum().item() / max(samples, 1),
+        top5=top5_hits / max(samples, 1) if num_classes >= 5 else None,
+        loss=loss_sum / max(samples, 1), per_class=per_class, seconds=seconds,
+    )
+
+
+def _names(metadata: dict[str, Any], dataset, num_classes: int) -> list[str]:
+    names = list(metadata.get("class_names") or dataset.classes)
+    return (names + [str(i) for i in range(len(names), num_classes)])[:num_classes]
+
+
+def build_eval_model(recipe: Recipe, *, weights: Path | None = None, adapter: Path | None = None,
+                     unmerged: bool = False, fallback_classes: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """The model to evaluate: a full checkpoint loaded strictly, or the recipe's base plus an adapter.
+
+    With an adapter the weights are folded in memory by the same merge used for files, unless
+    ``unmerged`` asks for the adapter layers to run as they do in training (eval mode).
+    """
+    if weights is not None:
+        metadata = read_file_metadata(weights) if weights.suffix == ".safetensors" and weights.is_file() else {}
+        state = files.load_state_dict(weights)
+        num_classes = int(metadata.get("num_classes") or recipe.model.num_classes or fallback_classes)
+        model = build_base_model(recipe, num_classes, load_weights=False)
+        load_state_into(model, state, source=str(weights), allow_new_head=False)
+        return model, metadata
+    adapter_file = read_adapter(adapter)
+    metadata = adapter_file.metadata
+    num_classes = int(metadata["num_classes"])
+    model = build_base_model(recipe, num_classes)
+    expected = {metadata.get("base_fingerprint"), *(metadata.get("base_fingerprints") or {}).values()} - {None, ""}
+    if expected and files.fingerprint(base_state_items(model)) not in expected:
+        raise PaceError(
+            f"the recipe's base weights are not the ones '{adapter}' was trained on (fingerprint differs); "
+            "point [model] checkpoint at the right base"
+        )
+    if unmerged:
+        spec = metadata["adapter"]
+        inject_adapters(model, AdapterConfig(kind=spec["kind"], rank=int(spec["rank"]),
+                                             targets=tuple(spec.get("layers") or spec["targets"])))
+        load_adapter_state_dict(model, adapter_file.tensors)
+    else:
+        merged = merge_state_dict(model.state_dict(), adapter_file.tensors, adapter_file.kind)
+        load_state_into(model, merged, source=str(adapter), allow_new_head=False)
+    return model, metadata
+
+
+def evaluate_recipe(recipe: Recipe, *, weights: Path | None = None, adapter: Path | None = None,
+                    split: str | None = None, unmerged: bool = False) -> EvalResult:
+    """Score one split (default: the test split) without the recipe's eval targets."""
+
+    report = evaluate_targets(recipe, weights=weights, adapter=adapter, split=split, unmerged=unmerged, targets=[])
+    return report.sets[0].result
 
 
 @dataclass

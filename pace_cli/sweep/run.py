@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pace_cli import io
+from pace_cli import files
 from pace_cli.errors import PaceError
-from pace_cli.recipe import Recipe, load_recipe, parse_recipe, recipe_to_dict
+from pace_cli.recipe.schema import Recipe, load_recipe, parse_recipe, recipe_to_dict
 
 SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
@@ -97,7 +97,7 @@ def _split_top_level(text: str) -> list[str]:
 
 def parse_grid(specs: Sequence[str]) -> list[GridAxis]:
     """Read ``section.key=v1,v2,...`` items; keys are validated later, with the recipe, like ``--set``."""
-    from pace_cli.recipe import _parse_value
+    from pace_cli.recipe.schema import _parse_value
 
     axes: list[GridAxis] = []
     for spec in specs:
@@ -347,8 +347,8 @@ def write_tables(result: SweepResult) -> None:
     for outcome in result.runs:
         row = asdict(outcome)
         writer.writerow([outcome.values.get(k) for k in keys] + ["" if row[c] is None else row[c] for c in CSV_COLUMNS])
-    io.write_text_atomic(result.sweep_dir / SWEEP_CSV, buffer.getvalue())
-    io.write_text_atomic(result.sweep_dir / SWEEP_JSON, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    files.write_text_atomic(result.sweep_dir / SWEEP_CSV, buffer.getvalue())
+    files.write_text_atomic(result.sweep_dir / SWEEP_JSON, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
 
 
 # ---------------------------------------------------------------- running
@@ -383,7 +383,7 @@ def _last_validation(metrics_path: Path) -> tuple[float | None, float | None]:
 
 
 def _saved_recipe_differs(run: PlannedRun) -> list[str]:
-    from pace_cli.train import RECIPE_FILE
+    from pace_cli.training.loop import RECIPE_FILE
 
     path = run.run_dir / RECIPE_FILE
     if not path.is_file():
@@ -395,8 +395,8 @@ def _saved_recipe_differs(run: PlannedRun) -> list[str]:
 
 
 def _execute(run: PlannedRun, *, resume: bool, logger: SweepLogger, stop: threading.Event | None) -> RunOutcome:
-    from pace_cli.checkpoint import CHECKPOINT_FILE
-    from pace_cli.train import ADAPTER_FILE, METRICS_FILE, train
+    from pace_cli.training.checkpoint import CHECKPOINT_FILE
+    from pace_cli.training.loop import ADAPTER_FILE, METRICS_FILE, train
 
     adapter = run.run_dir / ADAPTER_FILE
     outcome = RunOutcome(run.phase, run.setting.name, dict(run.setting.values), run.seed, str(run.run_dir), "skipped")
@@ -424,7 +424,7 @@ def _execute(run: PlannedRun, *, resume: bool, logger: SweepLogger, stop: thread
 
 def _test_score(run: PlannedRun, adapter: Path) -> tuple[float, float]:
     """Test top-1 of a final run, kept in test.json beside the adapter so a rerun does not re-evaluate."""
-    from pace_cli.session import evaluate_recipe
+    from pace_cli.evaluation import evaluate_recipe
 
     path = run.run_dir / TEST_FILE
     if path.is_file() and path.stat().st_mtime >= adapter.stat().st_mtime:
@@ -432,7 +432,7 @@ def _test_score(run: PlannedRun, adapter: Path) -> tuple[float, float]:
         return saved["top1"], saved["loss"]
     result = evaluate_recipe(run.recipe, adapter=adapter, split=run.recipe.data.test_split)
     if _is_writer():
-        io.write_text_atomic(path, json.dumps({k: v for k, v in result.to_dict().items() if k != "per_class"},
+        files.write_text_atomic(path, json.dumps({k: v for k, v in result.to_dict().items() if k != "per_class"},
                                               indent=2) + "\n")
     return result.top1, result.loss
 
@@ -443,10 +443,10 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
 
     sweep.json and sweep.csv are rewritten after every run, so an interrupted sweep leaves a
     correct table of what finished. Ctrl-C stops the current run at its next step with its
-    checkpoint saved; the sweep then ends with :class:`~pace_cli.train.TrainingInterrupted`.
+    checkpoint saved; the sweep then ends with :class:`~pace_cli.training.loop.TrainingInterrupted`.
     The writer holds the sweep folder's lock throughout, so a second sweep into it is refused.
     """
-    from pace_cli.lock import output_lock
+    from pace_cli.files.lock import output_lock
 
     with output_lock(plan.sweep_dir) if _is_writer() else contextlib.nullcontext():
         return _run_sweep(plan, resume=resume, logger=logger, stop=stop)
@@ -454,7 +454,7 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
 
 def _run_sweep(plan: SweepPlan, *, resume: bool, logger: SweepLogger | None,
                stop: threading.Event | None) -> SweepResult:
-    from pace_cli.train import TrainingInterrupted
+    from pace_cli.training.loop import TrainingInterrupted
 
     logger = logger or SweepLogger()
     # One event for the whole sweep: a Ctrl-C that lands while a run evaluates its last epoch

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pace_cli import __version__, io
+from pace_cli import __version__
+from pace_cli import files
 from pace_cli.errors import PaceError
-from pace_cli.merge import iter_merged, split_adapter_state
+from pace_cli.adapters.merge import iter_merged, split_adapter_state
 
 ADAPTER_FORMAT = "pace-adapter"
 MERGED_FORMAT = "pace-merged"
@@ -45,7 +46,7 @@ def adapter_metadata(*, kind: str, rank: int, targets: list[str], layers: list[s
                      extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "format": ADAPTER_FORMAT,
-        "format_version": io.FORMAT_VERSION,
+        "format_version": files.FORMAT_VERSION,
         "created_by": f"pace {__version__}",
         "adapter": {"kind": kind, "rank": rank, "targets": list(targets), "layers": list(layers)},
         "head": head,
@@ -78,7 +79,7 @@ def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
 
 
 def read_file_metadata(path: str | Path) -> dict[str, Any]:
-    return _decode(io.read_metadata(path))
+    return _decode(files.read_metadata(path))
 
 
 def file_role(metadata: Mapping[str, Any]) -> str:
@@ -100,13 +101,13 @@ def read_adapter(path: str | Path) -> AdapterFile:
             "that `pace train` wrote"
         )
     version = str(metadata.get("format_version"))
-    if version != io.FORMAT_VERSION:
+    if version != files.FORMAT_VERSION:
         raise PaceError(f"'{path}' uses adapter format version {version}; this pace reads version "
-                        f"{io.FORMAT_VERSION} (upgrade pace)")
+                        f"{files.FORMAT_VERSION} (upgrade pace)")
     for key in ("adapter", "head", "timm_model", "num_classes"):
         if key not in metadata:
             raise PaceError(f"'{path}' lacks the '{key}' metadata entry; the adapter file is damaged")
-    return AdapterFile(path, io.load_tensors(path), metadata)
+    return AdapterFile(path, files.load_tensors(path), metadata)
 
 
 class LazySafetensors(Mapping):
@@ -119,14 +120,14 @@ class LazySafetensors(Mapping):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        _, self._layout = io.tensor_layout(self.path)  # validates the header first, for a clean error
+        _, self._layout = files.tensor_layout(self.path)  # validates the header first, for a clean error
         self._keys = sorted(self._layout)
         self._file = open(self.path, "rb")
 
     def __getitem__(self, key: str) -> Tensor:
         if key not in self._layout:
             raise KeyError(key)
-        return io.read_tensor(self._file, *self._layout[key])
+        return files.read_tensor(self._file, *self._layout[key])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -173,7 +174,7 @@ class _FingerprintWhileReading(Mapping):
 
     def _hash(self) -> None:
         try:
-            self._outcome["value"] = io.fingerprint(iter(self._queue.get, None))
+            self._outcome["value"] = files.fingerprint(iter(self._queue.get, None))
         except BaseException as e:
             self._outcome["error"] = e
             while self._queue.get() is not None:  # keep draining so the reader never blocks
@@ -235,7 +236,7 @@ def expected_fingerprint(metadata: Mapping[str, Any], base: LazySafetensors) -> 
 def base_fingerprint(base: Mapping[str, Tensor], head_name: str) -> str:
     """Fingerprint of a base state dict without its classifier (which fine-tuning replaces)."""
     prefix = head_name + "."
-    return io.fingerprint((key, base[key]) for key in sorted(base) if not key.startswith(prefix))
+    return files.fingerprint((key, base[key]) for key in sorted(base) if not key.startswith(prefix))
 
 
 @dataclass
@@ -278,7 +279,7 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
     leaves no output file.
     """
     output = Path(output)
-    io.check_can_write(output, overwrite)
+    files.check_can_write(output, overwrite)
     adapter = read_adapter(adapter_path)
     if Path(base_path).suffix.lower() != ".safetensors":
         raise PaceError(f"base '{base_path}' must be a .safetensors file; convert it with "
@@ -310,7 +311,7 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
 
         meta = {
             "format": MERGED_FORMAT,
-            "format_version": io.FORMAT_VERSION,
+            "format_version": files.FORMAT_VERSION,
             "created_by": f"pace {__version__}",
             "merged_from": {"base": Path(base_path).name, "adapter": adapter.path.name},
             "adapter": adapter.metadata["adapter"],
@@ -329,7 +330,7 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
         # the other core.
         torch.set_num_threads(1)
         try:
-            size = io.save_tensors_streaming(output, entries, produce(), meta)
+            size = files.save_tensors_streaming(output, entries, produce(), meta)
         finally:
             torch.set_num_threads(threads)
             if not force:

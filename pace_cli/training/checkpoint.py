@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pace_cli import io
+from pace_cli import files
 from pace_cli.errors import PaceError
-from pace_cli.recipe import Recipe, recipe_to_dict
+from pace_cli.recipe.schema import Recipe, recipe_to_dict
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -57,12 +57,12 @@ def save_checkpoint(path: Path, *, model_state: dict[str, Tensor], optimizer: to
         for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = cuda_state
     metadata = {
-        "format": "pace-checkpoint", "format_version": io.FORMAT_VERSION,
+        "format": "pace-checkpoint", "format_version": files.FORMAT_VERSION,
         "position": json.dumps(position.__dict__), "epoch_sums": json.dumps(epoch_sums),
         "param_groups": json.dumps(optim_state["param_groups"]), "recipe": json.dumps(recipe_to_dict(recipe)),
         "extra": json.dumps(extra or {}),
     }
-    io.save_tensors(path, tensors, metadata)
+    files.save_tensors(path, tensors, metadata)
 
 
 @dataclass
@@ -116,15 +116,15 @@ _REQUIRED_TENSORS = ("rng.torch", "rng.loader_epoch_start")
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint, checking everything resuming needs; any damage is one :func:`damaged` error."""
     try:
-        metadata = io.read_metadata(path)
+        metadata = files.read_metadata(path)
     except PaceError as error:
         raise damaged(path, _reason(error)) from None
     if metadata.get("format") != "pace-checkpoint":
         found = metadata.get("format")
         raise damaged(path, f"format is {found!r}, not 'pace-checkpoint'" if found else "no pace checkpoint metadata")
-    if metadata.get("format_version") != io.FORMAT_VERSION:
+    if metadata.get("format_version") != files.FORMAT_VERSION:
         raise PaceError(f"training checkpoint '{path}' has format version {metadata.get('format_version')!r}; this "
-                        f"pace resumes version {io.FORMAT_VERSION}: finish it with the pace that wrote it, or start "
+                        f"pace resumes version {files.FORMAT_VERSION}: finish it with the pace that wrote it, or start "
                         "over with --overwrite")
     try:
         position = Position(**_json(metadata, "position", dict))
@@ -141,7 +141,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except (KeyError, TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
         raise damaged(path, f"bad metadata: {error}") from None
     try:
-        tensors = io.load_tensors(path)
+        tensors = files.load_tensors(path)
     except PaceError as error:
         raise damaged(path, _reason(error)) from None
     missing = [name for name in _REQUIRED_TENSORS if name not in tensors]

@@ -12,7 +12,7 @@ shapes PEFT uses ([r, d_in] and [d_out, r]). The mapping, for an adapted ``nn.Li
 
 PEFT's ``bias = "lora_only"`` saves and loads the *whole* bias of each adapted layer, so the
 export needs the base weights (b0) whenever a bias moved; b0 + Δb is computed by
-:func:`pace_cli.merge.merge_layer`, the function ``pace merge`` uses, so both give the same bias.
+:func:`pace_cli.adapters.merge.merge_layer`, the function ``pace merge`` uses, so both give the same bias.
 ``target_modules`` lists the adapted layers by full path: PEFT matches a name against the end of
 a module path, and a short name such as ``proj`` would also catch ViT's ``patch_embed.proj`` conv.
 
@@ -33,18 +33,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pace_cli import __version__, io
-from pace_cli.adapters import AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict
-from pace_cli.artifacts import (
-    AdapterFile,
-    LazySafetensors,
-    adapter_metadata,
-    base_fingerprint,
-    expected_fingerprint,
-    read_adapter,
+from pace_cli import __version__
+from pace_cli import files
+from pace_cli.adapters.layer import AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict
+from pace_cli.artifacts.core import (
+    AdapterFile, LazySafetensors, adapter_metadata, base_fingerprint, expected_fingerprint, read_adapter,
 )
 from pace_cli.errors import PaceError
-from pace_cli.merge import merge_layer, split_adapter_state
+from pace_cli.adapters.merge import merge_layer, split_adapter_state
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -235,16 +231,16 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
         "head": adapter.head_name, "base_fingerprint": meta.get("base_fingerprint", ""),
     }
     try:
-        with io.atomic_dir(output) as tmp:
+        with files.atomic_dir(output) as tmp:
             # "format": "pt" is what transformers and PEFT write and expect in adapter safetensors files.
-            io.save_tensors(tmp / PEFT_WEIGHTS_FILE, tensors,
+            files.save_tensors(tmp / PEFT_WEIGHTS_FILE, tensors,
                             {"format": "pt", PACE_METADATA_KEY: json.dumps(provenance)})
             (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             (tmp / PEFT_CARD_FILE).write_text(_card(adapter, config))
-    except io.WriteError as e:  # raised for a file inside the temporary folder: name the folder the user asked for
-        raise io.write_error(output, OSError(e.errno, e.reason)) from None
+    except files.WriteError as e:  # raised for a file inside the temporary folder: name the folder the user asked for
+        raise files.write_error(output, OSError(e.errno, e.reason)) from None
     except OSError as e:
-        raise io.write_error(output, e) from None
+        raise files.write_error(output, e) from None
     return PeftExportReport(output, len(layers), rank, config["bias"], adapter.head_name, len(tensors),
                             str(base_path) if base_path else None, fingerprint_ok)
 
@@ -280,10 +276,10 @@ def read_peft_folder(folder: str | Path) -> PeftFolder:
     weights = folder / PEFT_WEIGHTS_FILE
     metadata: dict[str, str] = {}
     if weights.is_file():
-        metadata = io.read_metadata(weights)
-        tensors = io.load_tensors(weights)
+        metadata = files.read_metadata(weights)
+        tensors = files.load_tensors(weights)
     elif (folder / PEFT_PICKLED_WEIGHTS_FILE).is_file():
-        tensors = io.load_state_dict(folder / PEFT_PICKLED_WEIGHTS_FILE)  # weights_only: never runs pickled code
+        tensors = files.load_state_dict(folder / PEFT_PICKLED_WEIGHTS_FILE)  # weights_only: never runs pickled code
     else:
         raise PaceError(f"'{folder}' has {PEFT_CONFIG_FILE} but no {PEFT_WEIGHTS_FILE}; the adapter is incomplete")
     stripped = {key.removeprefix(PEFT_KEY_PREFIX): tensor for key, tensor in tensors.items()}
@@ -461,10 +457,10 @@ def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bo
     """
     from pace_cli.builders import timm_kwargs
     from pace_cli.models import base_fingerprints
-    from pace_cli.recipe import recipe_to_toml
+    from pace_cli.recipe.schema import recipe_to_toml
 
     output = Path(output)
-    io.check_can_write(output, overwrite)
+    files.check_can_write(output, overwrite)
     peft = read_peft_folder(folder)
     config_rank, scale = peft_scaling(peft.config, peft.path)
     bias_mode = peft.config.get("bias", "none")
@@ -556,7 +552,7 @@ def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bo
                                  "lora_alpha": peft.config.get("lora_alpha"), "scaling": scale, "bias": bias_mode,
                                  "head": head_from}},
     )
-    io.save_tensors(output, state, metadata)
+    files.save_tensors(output, state, metadata)
     return PeftImportReport(output, len(layer_order), config_rank, scale, bias_mode, head_name, head_from, num_classes,
                             bias_layers)
 
