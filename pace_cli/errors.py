@@ -1,18 +1,48 @@
-"""The one exception type the CLI turns into a clean one-line message."""
+"""The one exception type the CLI turns into a clean one-line message, and its renderer."""
+
+from __future__ import annotations
+
+
+def one_line(text: object) -> str:
+    """``text`` (a message, an exception) on one line: runs of whitespace become one space."""
+    return " ".join(str(text).split()) or (type(text).__name__ if isinstance(text, BaseException) else "")
 
 
 class PaceError(Exception):
-    """A problem the user can fix: say what was wrong, where, and how to fix it, in one line.
+    """A problem the user can fix, kept as parts: ``what`` was wrong, ``where``, and the ``remedy``.
 
-    The CLI prints ``str(error)`` and exits with ``exit_code``; library callers can catch it.
+    ``one_line()`` renders them as ``where: what; remedy`` (each part optional); the CLI prints
+    that and exits with ``exit_code``. Code that wraps an error reads the parts it needs
+    (``error.what``) instead of cutting the rendered text apart, and :meth:`with_parts` builds
+    the same error with a part replaced. ``PaceError("whole message")`` is a message with no
+    separate parts.
     """
 
     exit_code = 2
 
-    def __init__(self, message: str, *, exit_code: int | None = None):
-        super().__init__(message)
+    def __init__(self, what: str, *, where: str | None = None, remedy: str | None = None,
+                 exit_code: int | None = None):
+        self.what = what
+        self.where = where
+        self.remedy = remedy
         if exit_code is not None:
             self.exit_code = exit_code
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = f"{self.where}: {self.what}" if self.where else self.what
+        if self.remedy:
+            text = f"{text}; {self.remedy}"
+        return one_line(text)
+
+    def with_parts(self, **parts: str | None) -> PaceError:
+        """A copy of this error (same type and exit code) with some of what/where/remedy replaced."""
+        current = {"what": self.what, "where": self.where, "remedy": self.remedy}
+        current.update(parts)
+        copy = PaceError.__new__(type(self))
+        PaceError.__init__(copy, current["what"], where=current["where"], remedy=current["remedy"],
+                           exit_code=self.exit_code)
+        return copy
 
 
 def describe_key_mismatch(expected, given, *, missing_what: str, unknown_what: str) -> str | None:

@@ -59,7 +59,7 @@ class ReportResult:
 
 
 def read_run(path: Path, label: str) -> RunCurves:
-    from pace_cli.training.loop import METRICS_FILE
+    from pace_cli.files.layout import METRICS_FILE
 
     metrics = path / METRICS_FILE
     if not metrics.is_file():
@@ -85,7 +85,7 @@ def read_run(path: Path, label: str) -> RunCurves:
 
 
 def read_sweep(path: Path, label: str) -> SweepGrid:
-    from pace_cli.sweep.run import SWEEP_JSON
+    from pace_cli.files.layout import SWEEP_JSON
 
     try:
         table = json.loads((path / SWEEP_JSON).read_text())
@@ -148,7 +148,7 @@ def write_report(folders: Sequence[str | Path], output: str | Path, *, labels: S
     if output.suffix.lower() != ".png":
         raise PaceError(f"report output '{output}' must end in .png")
     files.check_can_write(output, overwrite)
-    from pace_cli.sweep.run import SWEEP_JSON
+    from pace_cli.files.layout import SWEEP_JSON
 
     runs, sweeps = [], []
     for path, label in zip(paths, _labels(paths, labels)):

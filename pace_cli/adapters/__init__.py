@@ -12,6 +12,8 @@ _EXPORTS = {
     "MIN_TOKENS_PER_SAMPLE": "fused",
     "noisy_linear": "fused",
     "worth_fusing": "fused",
+    "KINDS": "kinds",
+    "KindSpec": "kinds",
     "ADAPTER_KINDS": "layer",
     "ADAPTER_TENSOR_NAMES": "layer",
     "AdaptedLinear": "layer",

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pace_cli.adapters.kinds import KINDS
 from pace_cli.errors import PaceError, describe_key_mismatch
 from pace_cli.adapters.factored import low_rank_linear
 from pace_cli.adapters.fused import noisy_linear, worth_fusing
 
-ADAPTER_KINDS = ("lora_add", "lora_mul", "vpt_add", "lora_mul+vpt_add")
+ADAPTER_KINDS = tuple(KINDS)
 DEFAULT_TARGETS = ("qkv", "proj", "fc1", "fc2")
 
 LORA_TENSORS = ("lora_A", "lora_B")

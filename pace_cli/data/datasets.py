@@ -17,6 +17,7 @@ import io
 import json
 import os
 import random
+import typing
 import zlib
 from importlib.resources import files
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pace_cli.errors import PaceError
+from pace_cli.recipe.schema import FewshotLayout
 
 SOURCES = ("imagefolder", "vtab1k", "fewshot", "fgvc", "fashion-mnist", "digits", "synthetic")
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -40,7 +42,7 @@ FASHION_MNIST_SPLITS = ("train", "val", "trainval", "test")
 DIGITS_SPLITS = ("train", "val", "trainval", "test")
 VTAB1K_SPLITS = ("train800", "val200", "train800val200", "test")
 FGVC_SPLITS = ("train", "val", "trainval", "test")
-FEWSHOT_LAYOUTS = ("fgvc", "imagenet")
+FEWSHOT_LAYOUTS = typing.get_args(FewshotLayout)
 # Image folders tried, in order, when an fgvc data set's [data] image_dir is unset (VPT's sets
 # differ: CUB and NABirds use images/, Stanford Dogs Images/, Cars and Flowers the root itself).
 FGVC_IMAGE_DIRS = ("images", "Images", ".")

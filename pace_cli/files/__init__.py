@@ -7,7 +7,16 @@ importing one light submodule never pulls in the heavy ones (torch) behind the o
 from importlib import import_module
 
 _EXPORTS = {
-    "LOCK_FILE": "lock",
+    "ADAPTER_FILE": "layout",
+    "CHECKPOINT_FILE": "layout",
+    "FINAL_FOLDER": "layout",
+    "GRID_FOLDER": "layout",
+    "LOCK_FILE": "layout",
+    "METRICS_FILE": "layout",
+    "RECIPE_FILE": "layout",
+    "SWEEP_CSV": "layout",
+    "SWEEP_JSON": "layout",
+    "TEST_FILE": "layout",
     "output_lock": "lock",
     "FORMAT_VERSION": "tensors",
     "STATE_DICT_SUFFIXES": "tensors",

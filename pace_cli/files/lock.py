@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pace_cli.errors import PaceError
+from pace_cli.files.layout import LOCK_FILE
 
-LOCK_FILE = ".pace-lock"
 
 
 def _start_time(pid: int) -> str | None:

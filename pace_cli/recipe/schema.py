@@ -75,6 +75,11 @@ def _check_kwarg_value(value: Any) -> Any:
 
 KwargValue = Annotated[Any, AfterValidator(_check_kwarg_value)]
 
+# The enums of the recipe, written once; the modules that act on them take their tuples from
+# these with typing.get_args.
+PaceVariant = Literal["off", "pace", "lazy", "fast"]
+FewshotLayout = Literal["fgvc", "imagenet"]
+
 
 class _Section(BaseModel):
     # strict: TOML values are already typed, so "10" for an int or true for an int is a mistake.
@@ -205,7 +210,7 @@ class DataSection(_Section):
         "unset = images/ (fewshot, imagenet layout: train/ and val/) or, for fgvc, the first of images/, "
         "Images/, root holding the first listed image.",
     )
-    fewshot_layout: Literal["fgvc", "imagenet"] | None = Field(
+    fewshot_layout: FewshotLayout | None = Field(
         None,
         description="fewshot: 'fgvc' (default; splits train/val/test under images/) or 'imagenet' (domain "
         "adaptation: train and the held-out search list 'val' under train/, test = val_meta.list under val/).",
@@ -288,7 +293,7 @@ class AdapterSection(_Section):
 
 
 class PaceSection(_Section):
-    variant: Literal["off", "pace", "lazy", "fast"] = Field(
+    variant: PaceVariant = Field(
         "pace", description="Consistency regulariser variant; off disables it."
     )
     lambda_: float = Field(1.0, alias="lambda", ge=0, description="Weight of the consistency loss.")
@@ -343,7 +348,7 @@ class EvalTarget(_Section):
         "0-based labels as head indices.",
     )
     image_dir: str | None = Field(None, min_length=1, description="fewshot/fgvc: image folder under root ('.' = root).")
-    fewshot_layout: Literal["fgvc", "imagenet"] | None = Field(None, description="fewshot: list layout, as in [data].")
+    fewshot_layout: FewshotLayout | None = Field(None, description="fewshot: list layout, as in [data].")
     seed: int | None = Field(None, description="synthetic: the seed of the generated set (unset = 0).")
     synthetic_classes: int | None = Field(None, gt=0, description="synthetic: classes (unset = 10).")
     synthetic_size: int | None = Field(None, gt=0, description="synthetic: images (unset = 64).")

@@ -8,6 +8,7 @@ copies of a sample, the in-model duplication of the batch, and the four loss var
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,8 +20,9 @@ from pace_cli import distributed
 from pace_cli.adapters.layer import adapted_layers, adapters_disabled, head_module_name, sample_noise
 from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
+from pace_cli.recipe.schema import PaceVariant
 
-VARIANTS = ("off", "pace", "lazy", "fast")
+VARIANTS = typing.get_args(PaceVariant)
 
 _BLOCK = re.compile(r"^(.*?blocks\.\d+)(?:\.|$)")
 

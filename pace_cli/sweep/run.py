@@ -31,12 +31,10 @@ from typing import Any, Sequence
 from pace_cli import files
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import Recipe, load_recipe, parse_recipe, recipe_to_dict
+from pace_cli.files.layout import (
+    ADAPTER_FILE, CHECKPOINT_FILE, FINAL_FOLDER, GRID_FOLDER, METRICS_FILE, RECIPE_FILE, SWEEP_CSV, SWEEP_JSON, TEST_FILE,
+)
 
-SWEEP_JSON = "sweep.json"
-SWEEP_CSV = "sweep.csv"
-GRID_FOLDER = "runs"
-FINAL_FOLDER = "final"
-TEST_FILE = "test.json"
 SEED_KEYS = ("train.seed", "data.seed")
 # Keys that change where or how fast a run goes, not what it computes: a finished run is
 # reused even if they differ (the sweep folder may have moved, the machine may differ).
@@ -383,7 +381,7 @@ def _last_validation(metrics_path: Path) -> tuple[float | None, float | None]:
 
 
 def _saved_recipe_differs(run: PlannedRun) -> list[str]:
-    from pace_cli.training.loop import RECIPE_FILE
+
 
     path = run.run_dir / RECIPE_FILE
     if not path.is_file():
@@ -395,8 +393,8 @@ def _saved_recipe_differs(run: PlannedRun) -> list[str]:
 
 
 def _execute(run: PlannedRun, *, resume: bool, logger: SweepLogger, stop: threading.Event | None) -> RunOutcome:
-    from pace_cli.training.checkpoint import CHECKPOINT_FILE
-    from pace_cli.training.loop import ADAPTER_FILE, METRICS_FILE, train
+
+    from pace_cli.training.loop import train
 
     adapter = run.run_dir / ADAPTER_FILE
     outcome = RunOutcome(run.phase, run.setting.name, dict(run.setting.values), run.seed, str(run.run_dir), "skipped")

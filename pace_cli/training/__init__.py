@@ -7,7 +7,6 @@ importing one light submodule never pulls in the heavy ones (torch) behind the o
 from importlib import import_module
 
 _EXPORTS = {
-    "CHECKPOINT_FILE": "checkpoint",
     "Checkpoint": "checkpoint",
     "HARMLESS_KEYS": "checkpoint",
     "Position": "checkpoint",
@@ -16,9 +15,6 @@ _EXPORTS = {
     "recipe_differences": "checkpoint",
     "restoring": "checkpoint",
     "save_checkpoint": "checkpoint",
-    "ADAPTER_FILE": "loop",
-    "METRICS_FILE": "loop",
-    "RECIPE_FILE": "loop",
     "TrainLogger": "loop",
     "TrainResult": "loop",
     "TrainingInterrupted": "loop",

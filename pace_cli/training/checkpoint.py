@@ -18,8 +18,8 @@ from torch import Tensor
 from pace_cli import files
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import Recipe, recipe_to_dict
+from pace_cli.files.layout import CHECKPOINT_FILE
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
 
 # Keys that may change between an interrupted run and its resumption without changing what it
 # computes up to the interruption point.

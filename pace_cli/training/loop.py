@@ -37,10 +37,8 @@ from pace_cli.files.lock import output_lock
 from pace_cli.models import base_fingerprints
 from pace_cli.regularizer.pace import PaceRegularizer, fp_distance
 from pace_cli.recipe.schema import Recipe, recipe_to_dict, recipe_to_toml
+from pace_cli.files.layout import ADAPTER_FILE, METRICS_FILE, RECIPE_FILE
 
-ADAPTER_FILE = "adapter.safetensors"
-METRICS_FILE = "metrics.jsonl"
-RECIPE_FILE = "recipe.toml"
 
 
 class TrainLogger:
