@@ -274,15 +274,24 @@ class DataSection(_Section):
 
 
 class AdapterSection(_Section):
-    kind: Literal["lora_add", "lora_mul", "vpt_add", "lora_mul+vpt_add"] = Field(
-        "lora_mul+vpt_add", description="Adapter type inserted into the backbone."
-    )
+    kind: str = Field("lora_mul+vpt_add", description="Adapter type inserted into the backbone (a row of "
+                      "pace_cli.adapters.kinds.KINDS).")
     rank: int = Field(10, gt=0, description="Adapter bottleneck rank.")
     targets: list[str] = Field(
         ["qkv", "proj", "fc1", "fc2"],
         min_length=1,
         description="Name patterns of nn.Linear layers inside transformer blocks to adapt.",
     )
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        # read at validation time, so a kind registered after import is accepted like the built-in ones
+        from pace_cli.adapters.kinds import KINDS
+
+        if v not in KINDS:
+            raise ValueError("must be one of " + ", ".join(KINDS))
+        return v
 
     @field_validator("targets")
     @classmethod
