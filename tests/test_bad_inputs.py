@@ -17,28 +17,13 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from helpers import tiny_recipe_text
 from pace_cli.cli.app import app
 
 runner = CliRunner()
 
-BASE_RECIPE = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
-
-[data]
-source = "synthetic"
-batch_size = 8
-synthetic_classes = 3
-synthetic_size = 24
-
-[adapter]
-rank = 2
-
-[train]
-epochs = 1
-"""
+BASE_RECIPE = tiny_recipe_text(data={"batch_size": 8, "synthetic_classes": 3, "synthetic_size": 24},
+                               adapter={"rank": 2}, train={"epochs": 1})
 
 
 def recipe(tmp: Path, text: str = BASE_RECIPE, **replace: str) -> Path:

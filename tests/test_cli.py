@@ -4,48 +4,22 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import tiny_recipe_text
 from pace_cli.cli.app import app
 
 runner = CliRunner()
 
-TINY_RECIPE = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-drop_path_rate = 0.1
-kwargs = {{ patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }}
-
-[data]
-source = "synthetic"
-batch_size = 16
-synthetic_classes = 6
-synthetic_size = 48
-
-[adapter]
-kind = "{kind}"
-rank = 4
-
-[pace]
-variant = "{variant}"
-sigma = 1.0
-lambda = 0.5
-
-[optim]
-lr = 0.01
-warmup_epochs = 1
-
-[train]
-epochs = 2
-log_every = 1
-
-[output]
-dir = "{out}"
-"""
-
-
 def write_recipe(tmp_path: Path, kind="lora_mul+vpt_add", variant="pace", extra="") -> Path:
     path = tmp_path / "recipe.toml"
-    path.write_text(TINY_RECIPE.format(kind=kind, variant=variant, out=tmp_path / "run") + extra)
+    path.write_text(tiny_recipe_text(
+        model={"drop_path_rate": 0.1},
+        data={"batch_size": 16, "synthetic_classes": 6, "synthetic_size": 48},
+        adapter={"kind": kind, "rank": 4},
+        pace={"variant": variant, "sigma": 1.0, "lambda": 0.5},
+        optim={"lr": 0.01, "warmup_epochs": 1},
+        train={"epochs": 2, "log_every": 1},
+        output={"dir": str(tmp_path / "run")},
+    ) + extra)
     return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_recipe_text
 from pace_cli import distributed
 from pace_cli.files.layout import CHECKPOINT_FILE
 from pace_cli.training.checkpoint import load_checkpoint
@@ -26,31 +27,14 @@ from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe.schema import parse_recipe
 from pace_cli.training.loop import TrainingInterrupted, TrainLogger, train
 
-RECIPE = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-drop_path_rate = 0.2
-kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
-[data]
-source = "synthetic"
-batch_size = 8
-synthetic_classes = 4
-synthetic_size = 24
-[adapter]
-kind = "lora_mul+vpt_add"
-rank = 3
-[pace]
-sigma = 1.0
-lazy_interval = 2
-[optim]
-lr = 0.01
-warmup_epochs = 1
-[train]
-epochs = 2
-log_every = 1
-device = "cpu"
-"""
+RECIPE = tiny_recipe_text(
+    model={"drop_path_rate": 0.2},
+    data={"batch_size": 8, "synthetic_classes": 4, "synthetic_size": 24},
+    adapter={"kind": "lora_mul+vpt_add", "rank": 3},
+    pace={"sigma": 1.0, "lazy_interval": 2},
+    optim={"lr": 0.01, "warmup_epochs": 1},
+    train={"epochs": 2, "log_every": 1, "device": "cpu"},
+)
 VARIANTS = ("off", "pace", "fast", "lazy")
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
+from helpers import tiny_recipe_text
 from pace_cli.data.datasets import build_dataset
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import parse_recipe
@@ -76,15 +77,7 @@ def test_fuzz_fewshot_list_files(fewshot_root, text, split, with_train_space):
 
 # ---------------------------------------------------------------- PEFT folders
 
-_TINY = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
-[data]
-source = "synthetic"
-synthetic_classes = 3
-"""
+_TINY = tiny_recipe_text(data={"synthetic_classes": 3})
 
 _json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-4, 70), st.floats(allow_nan=True),
                           st.text(max_size=10), st.sampled_from(["LORA", "lora", "IA3", "none", "lora_only", "all",

@@ -27,36 +27,17 @@ from pace_cli import models
 from pace_cli.files import lock
 from pace_cli.files.layout import CHECKPOINT_FILE
 from pace_cli.training.checkpoint import load_checkpoint
+from helpers import tiny_recipe_text
 from pace_cli.cli.app import app
 from pace_cli.errors import PaceError
 
 runner = CliRunner()
 
-RECIPE = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
-
-[data]
-source = "synthetic"
-batch_size = 8
-synthetic_classes = 3
-synthetic_size = 16
-
-[adapter]
-kind = "lora_add"
-rank = 2
-
-[train]
-epochs = EPOCHS
-log_every = 1
-"""
-
-
 def write_recipe(tmp: Path, epochs: int = 1) -> Path:
     path = tmp / "recipe.toml"
-    path.write_text(RECIPE.replace("EPOCHS", str(epochs)))
+    path.write_text(tiny_recipe_text(data={"batch_size": 8, "synthetic_classes": 3, "synthetic_size": 16},
+                                     adapter={"kind": "lora_add", "rank": 2},
+                                     train={"epochs": epochs, "log_every": 1}))
     return path
 
 

@@ -5,6 +5,7 @@ import struct
 import pytest
 from typer.testing import CliRunner
 
+from helpers import tiny_recipe_text
 from pace_cli.cli.app import app
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import parse_recipe
@@ -12,26 +13,13 @@ from pace_cli.report import read_run, write_report
 from pace_cli.sweep.run import plan_sweep, run_sweep
 from pace_cli.training.loop import train
 
-RECIPE = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
-[data]
-source = "synthetic"
-batch_size = 16
-synthetic_classes = 4
-synthetic_size = 32
-[adapter]
-rank = 2
-[pace]
-variant = "pace"
-[optim]
-lr = 0.01
-warmup_epochs = 1
-[train]
-epochs = 3
-"""
+RECIPE = tiny_recipe_text(
+    data={"batch_size": 16, "synthetic_classes": 4, "synthetic_size": 32},
+    adapter={"rank": 2},
+    pace={"variant": "pace"},
+    optim={"lr": 0.01, "warmup_epochs": 1},
+    train={"epochs": 3},
+)
 runner = CliRunner()
 
 

@@ -4,34 +4,20 @@ import signal
 import pytest
 import torch
 
+from helpers import tiny_recipe_text
 from pace_cli.errors import PaceError
 from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe.schema import parse_recipe
 from pace_cli.training.loop import TrainLogger, TrainingInterrupted, train
 
-RECIPE = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-drop_path_rate = 0.2
-kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
-[data]
-source = "synthetic"
-batch_size = 16
-synthetic_classes = 4
-synthetic_size = 48
-[adapter]
-rank = 3
-[pace]
-variant = "fast"
-sigma = 1.0
-[optim]
-lr = 0.01
-warmup_epochs = 1
-[train]
-epochs = 3
-log_every = 1
-"""
+RECIPE = tiny_recipe_text(
+    model={"drop_path_rate": 0.2},
+    data={"batch_size": 16, "synthetic_classes": 4, "synthetic_size": 48},
+    adapter={"rank": 3},
+    pace={"variant": "fast", "sigma": 1.0},
+    optim={"lr": 0.01, "warmup_epochs": 1},
+    train={"epochs": 3, "log_every": 1},
+)
 
 
 class StopAt(TrainLogger):

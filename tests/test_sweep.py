@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import tiny_recipe_text
 from pace_cli.cli.app import app
 from pace_cli.errors import PaceError
 from pace_cli.sweep.run import (
@@ -13,33 +14,13 @@ from pace_cli.sweep.run import (
 )
 from pace_cli.training.loop import TrainingInterrupted, TrainLogger
 
-RECIPE = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-kwargs = { patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }
-
-[data]
-source = "synthetic"
-batch_size = 16
-synthetic_classes = 4
-synthetic_size = 32
-trainval_split = "trainval"
-
-[adapter]
-rank = 2
-
-[pace]
-sigma = 1.0
-
-[optim]
-lr = 0.01
-warmup_epochs = 0
-
-[train]
-epochs = 2
-log_every = 1
-"""
+RECIPE = tiny_recipe_text(
+    data={"batch_size": 16, "synthetic_classes": 4, "synthetic_size": 32, "trainval_split": "trainval"},
+    adapter={"rank": 2},
+    pace={"sigma": 1.0},
+    optim={"lr": 0.01, "warmup_epochs": 0},
+    train={"epochs": 2, "log_every": 1},
+)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fake_data import make_fake_data
+from helpers import tiny_recipe_text
 from pace_cli.cli.app import app
 from pace_cli.data.datasets import PaceDataset
 from pace_cli.errors import PaceError
@@ -157,52 +158,24 @@ def test_bad_targets_are_one_line_errors(targets, message):
 
 # ---------------------------------------------------------------- the CLI, end to end on fake data
 
-TINY = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-num_classes = 6
-kwargs = {{ patch_size = 8, depth = 1, embed_dim = 32, num_heads = 2 }}
-
-[data]
-source = "vtab1k"
-root = "unset"
-train_split = "train800"
-val_split = "val200"
-test_split = "test"
-eval_batch_size = 5
-
-[train]
-device = "cpu"
-
-[[eval.targets]]
-name = "shifted"
-source = "vtab1k"
-root = "unset"
-restrict_logits = true
-
-[[eval.targets]]
-name = "folders"
-source = "imagefolder"
-root = "unset"
-split = "test"
-restrict_logits = false
-
-[[eval.targets]]
-name = "lists"
-source = "fewshot"
-root = "unset"
-split = "val"
-image_dir = "."
-restrict_logits = true
-{extra}
-"""
+TINY = tiny_recipe_text(
+    model={"num_classes": 6, "kwargs": {"depth": 1}},
+    data={"source": "vtab1k", "root": "unset", "train_split": "train800", "val_split": "val200",
+          "test_split": "test", "eval_batch_size": 5},
+    train={"device": "cpu"},
+    eval={"targets": [
+        {"name": "shifted", "source": "vtab1k", "root": "unset", "restrict_logits": True},
+        {"name": "folders", "source": "imagefolder", "root": "unset", "split": "test", "restrict_logits": False},
+        {"name": "lists", "source": "fewshot", "root": "unset", "split": "val", "image_dir": ".",
+         "restrict_logits": True},
+    ]},
+)
 
 
 @pytest.fixture()
 def setup(tmp_path):
     def make(extra=""):
-        recipe = make_fake_data(parse_recipe(TINY.format(extra=extra)), tmp_path / "data")
+        recipe = make_fake_data(parse_recipe(TINY + extra), tmp_path / "data")
         path = tmp_path / "recipe.toml"
         path.write_text(recipe_to_toml(recipe))
         weights = tmp_path / "base.safetensors"
