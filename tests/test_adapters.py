@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import MODEL_FACTORIES, tiny_swin, tiny_vit
+from helpers import MODEL_FACTORIES, tiny_swin, tiny_vit
 from pace_cli.adapters.layer import (
     ADAPTER_KINDS, AdaptedLinear, AdapterConfig, adapter_delta, adapter_state_dict, adapters_disabled, inject_adapters, load_adapter_state_dict,
 )

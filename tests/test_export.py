@@ -165,7 +165,7 @@ def test_peft_loads_export_with_merged_logits(tmp_path):
 def test_peft_loads_export_of_a_swin_adapter(tmp_path):
     """Swin's classifier sits at head.fc and its attention runs per window: the mapping is not ViT-specific."""
     peft = peft_or_skip()
-    from conftest import tiny_swin
+    from helpers import tiny_swin
     from pace_cli.adapters.merge import merge_state_dict
 
     base_state = tiny_swin(num_classes=4).state_dict()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_swin, tiny_vit
+from helpers import tiny_swin, tiny_vit
 from pace_cli.adapters.layer import AdaptedLinear, AdapterConfig, adapter_state_dict, adapted_layers, inject_adapters
 from pace_cli.adapters.factored import low_rank_linear
 from pace_cli.adapters.merge import merge_state_dict

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_swin, tiny_vit
+from helpers import tiny_swin, tiny_vit
 from pace_cli.adapters.layer import ADAPTER_KINDS, AdapterConfig, adapter_state_dict, inject_adapters
 from pace_cli.errors import PaceError
 from pace_cli.adapters.merge import merge_layer, merge_state_dict

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import pace_cli.files.tensors as pio
-from conftest import tiny_vit
+from helpers import tiny_vit
 from pace_cli.artifacts import core as artifacts
 from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_adapters
 from pace_cli.errors import PaceError
