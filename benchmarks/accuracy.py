@@ -139,7 +139,7 @@ def clean_probe(cfg: dict, workdir: str) -> dict:
     import torch
 
     from pace_cli.builders import build_dataset
-    from pace_cli.data.datasets import make_loader
+    from pace_cli.data import make_loader
     from pace_cli.recipe.schema import load_recipe
     from pace_cli.evaluation import build_eval_model
 

@@ -13,10 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pace_cli.data import datasets as data
-from pace_cli.data.datasets import FASHION_MNIST_DEFAULT_ROOT, SOURCES, PaceDataset, build_dataset, make_loader
+from pace_cli.data import SOURCES, PaceDataset, build_dataset, make_loader
+from pace_cli.data import digits
+from pace_cli.data import loader as data_loader
 from pace_cli.errors import PaceError
 
+FASHION_MNIST_DEFAULT_ROOT = SOURCES["fashion-mnist"].default_root
 COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "emu": (0, 255, 0)}
 
 
@@ -204,9 +206,9 @@ def test_kshot_errors(tmp_path):
 
 
 def test_digits_splits_disjoint_cover_and_proportions():
-    images, labels = data._digits_arrays()
+    images, labels = digits.digits_arrays()
     assert images.shape == (1797, 8, 8) and labels.shape == (1797,) and images.max() == 16
-    rows = data._digits_split_rows()
+    rows = digits.digits_split_rows()
     train, val, test = (set(rows[s]) for s in ("train", "val", "test"))
     assert not (train & val) and not (train & test) and not (val & test)
     assert train | val | test == set(range(1797))
@@ -410,7 +412,7 @@ def test_cache_holds_only_the_kshot_subset(tmp_path):
 def test_cache_auto_follows_the_memory_budget(tmp_path, monkeypatch):
     root = _noisy_imagefolder(tmp_path)
     assert build_dataset("imagefolder", "train", root=root, image_size=16, cache="auto").cache_enabled
-    monkeypatch.setattr(data, "CACHE_AUTO_BYTES", 6 * 3 * 16 * 16 - 1)  # one byte short of the split
+    monkeypatch.setattr(data_loader, "CACHE_AUTO_BYTES", 6 * 3 * 16 * 16 - 1)  # one byte short of the split
     assert not build_dataset("imagefolder", "train", root=root, image_size=16, cache="auto").cache_enabled
     # in-memory sources never cache: they are arrays already
     assert not build_dataset("synthetic", "train", image_size=8, cache=True).cache_enabled
@@ -439,6 +441,6 @@ def test_make_loader_defaults_follow_the_machine(monkeypatch):
     loader = make_loader(ds, 4, shuffle=False, num_workers="auto")
     assert loader.num_workers == 0 and not loader.pin_memory
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert data.default_num_workers() >= 1
+    assert data_loader.default_num_workers() >= 1
     with pytest.raises(PaceError, match="num_workers"):
         make_loader(ds, 4, shuffle=False, num_workers=-1)

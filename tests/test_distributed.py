@@ -19,7 +19,7 @@ import torch
 from pace_cli import distributed
 from pace_cli.files.layout import CHECKPOINT_FILE
 from pace_cli.training.checkpoint import load_checkpoint
-from pace_cli.data.datasets import build_dataset, make_loader
+from pace_cli.data import build_dataset, make_loader
 from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
 from pace_cli.files.tensors import load_tensors

@@ -433,7 +433,7 @@ def test_merged_file_loads_through_timm_pretrained_cfg_overlay(tmp_path):
     assert max_diff(logits(model, digits), logits(pace_model, digits)) == 0.0
 
     from pace_cli.builders import build_dataset
-    from pace_cli.data.datasets import make_loader
+    from pace_cli.data import make_loader
     from pace_cli.evaluation import evaluate
 
     test_set = build_dataset(recipe, "test")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from pace_cli.data.datasets import build_dataset
+from pace_cli.data import build_dataset
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import parse_recipe
 

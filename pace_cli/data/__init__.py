@@ -1,4 +1,4 @@
-"""Data sets: the source registry, one module per source, loaders and the decoded-image cache.
+"""Data sets: the source registry (sources.py), one module per source, loaders and the decoded-image cache.
 
 The face of the package: names other packages use, loaded on first access (PEP 562), so
 importing one light submodule never pulls in the heavy ones (torch) behind the others.
@@ -7,24 +7,26 @@ importing one light submodule never pulls in the heavy ones (torch) behind the o
 from importlib import import_module
 
 _EXPORTS = {
-    "CACHE_AUTO_BYTES": "datasets",
-    "DIGITS_SPLITS": "datasets",
-    "FASHION_MNIST_CLASSES": "datasets",
-    "FASHION_MNIST_DEFAULT_ROOT": "datasets",
-    "FASHION_MNIST_SPLITS": "datasets",
-    "FEWSHOT_LAYOUTS": "datasets",
-    "FGVC_IMAGE_DIRS": "datasets",
-    "FGVC_SPLITS": "datasets",
-    "IMAGE_EXTENSIONS": "datasets",
+    "build_dataset": "build",
+    "ArrayDataset": "datasets",
+    "CropFileDataset": "datasets",
+    "FileDataset": "datasets",
     "PaceDataset": "datasets",
     "RESIZE_RATIO": "datasets",
-    "SOURCES": "datasets",
-    "VTAB1K_SPLITS": "datasets",
-    "build_dataset": "datasets",
-    "cache_wanted": "datasets",
-    "default_num_workers": "datasets",
-    "fewshot_list": "datasets",
-    "make_loader": "datasets",
+    "FASHION_MNIST_CLASSES": "fashion_mnist",
+    "FEWSHOT_LAYOUTS": "fewshot",
+    "fewshot_list": "fewshot",
+    "FGVC_IMAGE_DIRS": "fgvc",
+    "IMAGE_EXTENSIONS": "imagefolder",
+    "CACHE_AUTO_BYTES": "loader",
+    "cache_wanted": "loader",
+    "default_num_workers": "loader",
+    "make_loader": "loader",
+    "SOURCES": "sources",
+    "SourceRequest": "sources",
+    "SourceSpec": "sources",
+    "get_source": "sources",
+    "Transform": "transforms",
 }
 
 __all__ = sorted(_EXPORTS)

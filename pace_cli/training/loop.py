@@ -30,7 +30,7 @@ from pace_cli.training.checkpoint import (
 from pace_cli.builders import (
     build_adapted_model, build_dataset, make_optimizer, maybe_compile, pace_config, resolve_num_classes, timm_kwargs,
 )
-from pace_cli.data.datasets import make_loader
+from pace_cli.data import make_loader
 from pace_cli.errors import PaceError
 from pace_cli.evaluation import EvalResult, evaluate
 from pace_cli.files.lock import output_lock
