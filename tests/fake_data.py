@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pace_cli.data import SOURCES, fewshot_list
-from pace_cli.recipe.schema import Recipe, recipe_to_dict
+from pace_cli.recipe import Recipe, recipe_to_dict
 
 __all__ = ["make_fake_data", "write_png", "class_ids_for"]
 

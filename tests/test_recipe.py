@@ -5,9 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pace_cli.errors import PaceError
-from pace_cli.recipe.schema import (
-    SECTIONS, Recipe, _toml_document, apply_overrides, load_recipe, parse_recipe, recipe_to_dict, recipe_to_toml,
+from pace_cli.recipe import (
+    SECTIONS, Recipe, apply_overrides, load_recipe, parse_recipe, recipe_to_dict, recipe_to_toml,
 )
+from pace_cli.recipe.toml import toml_document
 
 MINIMAL = """
 [model]
@@ -145,7 +146,8 @@ def test_lambda_alias_both_ways():
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        ("[adapter]\nrnak = 3", r"unknown key \[adapter\] rnak \(allowed: kind, rank, targets\)"),
+        ("[adapter]\nrnak = 3", r"unknown key \[adapter\] rnak \(did you mean 'rank'\? allowed: kind, rank, targets\)"),
+        ("[adapter]\nzzz = 3", r"unknown key \[adapter\] zzz \(allowed: kind, rank, targets\)"),
         ("[bogus]\nx = 1", r"unknown section \[bogus\]"),
         ("[train]\nepochs = \"ten\"", r"\[train\] epochs = 'ten': must be an integer"),
         ("[train]\nepochs = true", r"\[train\] epochs = true: must be an integer"),
@@ -263,7 +265,7 @@ _tables = st.dictionaries(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(st.text(max_size=200), _tables.map(_toml_document)))
+@given(st.one_of(st.text(max_size=200), _tables.map(toml_document)))
 def test_fuzz_parse_recipe(text):
     try:
         r = parse_recipe(text)
@@ -305,7 +307,7 @@ def test_keys_no_source_reads_are_refused(extra, expected):
     '[data]\nsource = "synthetic"\nseed = 2',                 # seed of the generated set
     '[data]\nsource = "digits"\nsynthetic_classes = 10\nseed = 0',  # defaults written out change nothing
     '[data]\nsource = "digits"\ncache = "auto"',
-    '[data]\nsource = "vtab1k"\nroot = "d"\ncache = true',
+    '[data]\nsource = "vtab1k"\nroot = "d"\ncache = true\ntrain_split = "train800"\nval_split = "val200"',
 ])
 def test_keys_that_are_read_are_accepted(extra):
     parse_recipe('[model]\nname = "vit_tiny_patch16_224"\n' + extra)
@@ -325,14 +327,14 @@ def test_saved_recipe_of_any_source_loads_again():
     ('variant = "fast"\nlazy_interval = 4', "lazy_interval set but ignored with variant = 'fast'"),
 ])
 def test_switched_off_pace_keys_warn(pace, expected):
-    from pace_cli.recipe.schema import ineffective_settings
+    from pace_cli.recipe import ineffective_settings
 
     notes = ineffective_settings(parse_recipe(MINIMAL + "[pace]\n" + pace))
     assert len(notes) == 1 and expected in notes[0]
 
 
 def test_no_warning_for_keys_that_are_read():
-    from pace_cli.recipe.schema import ineffective_settings
+    from pace_cli.recipe import ineffective_settings
 
     for pace in ('variant = "lazy"\nlazy_interval = 4\nsigma = 2.0', 'variant = "off"\nsigma = 1.0\nlambda = 1.0',
                  'variant = "fast"\nsigma = 0.5\nnoise_free_blocks = 1'):

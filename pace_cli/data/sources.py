@@ -37,7 +37,7 @@ class SourceSpec:
     ``[[eval.targets]]`` that only some sources read and this one does; each is also a keyword
     argument of its builder. ``cacheable``: it decodes images to a fixed size, so ``[data] cache``
     applies. ``needs_shots``: ``[data] shots`` is required and picks its training list instead of
-    subsampling. ``builder`` is ``"module:function"``; the function takes a :class:`SourceRequest`
+    subsampling (``shots_hint`` says how, after "needs shots = k"). ``builder`` is ``"module:function"``; the function takes a :class:`SourceRequest`
     and the options as keyword arguments and returns a :class:`~pace_cli.data.datasets.PaceDataset`.
     """
 
@@ -50,6 +50,7 @@ class SourceSpec:
     seed_use: SeedUse = "shots"
     cacheable: bool = False
     needs_shots: bool = False
+    shots_hint: str = ""
 
     def __post_init__(self):
         module, _, function = self.builder.partition(":")
@@ -108,7 +109,8 @@ SOURCES: dict[str, SourceSpec] = {
         SourceSpec("vtab1k", "pace_cli.data.vtab1k:build", splits=("train800", "val200", "train800val200", "test"),
                    root="required", cacheable=True),
         SourceSpec("fewshot", "pace_cli.data.fewshot:build", root="required",
-                   options=("image_dir", "fewshot_layout"), seed_use="training", needs_shots=True),
+                   options=("image_dir", "fewshot_layout"), seed_use="training", needs_shots=True,
+                   shots_hint="(1, 2, 4, 8 or 16): it picks annotations/train_meta.list.num_shot_k.seed_<seed>"),
         SourceSpec("fgvc", "pace_cli.data.fgvc:build", splits=("train", "val", "trainval", "test"), root="required",
                    options=("image_dir",), seed_use="training"),
         SourceSpec("fashion-mnist", "pace_cli.data.fashion_mnist:build", splits=("train", "val", "trainval", "test"),
