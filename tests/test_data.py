@@ -4,6 +4,7 @@ asset and the optional system Fashion-MNIST."""
 from __future__ import annotations
 
 import gzip
+import inspect
 import random
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ from pace_cli.data import SOURCES, PaceDataset, build_dataset, make_loader
 from pace_cli.data import digits
 from pace_cli.data import loader as data_loader
 from pace_cli.errors import PaceError
+from pace_cli.recipe import DataSection, EvalTarget, Recipe
 
 FASHION_MNIST_DEFAULT_ROOT = SOURCES["fashion-mnist"].default_root
 COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "emu": (0, 255, 0)}
@@ -444,3 +446,46 @@ def test_make_loader_defaults_follow_the_machine(monkeypatch):
     assert data_loader.default_num_workers() >= 1
     with pytest.raises(PaceError, match="num_workers"):
         make_loader(ds, 4, shuffle=False, num_workers=-1)
+
+
+# ---------------------------------------------------------------- the source registry
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_every_row_agrees_with_its_builder_and_the_recipe(name):
+    spec = SOURCES[name]
+    params = inspect.signature(spec.load_builder()).parameters
+    assert list(params)[1:] == list(spec.options)  # the options, and nothing else, are its keyword arguments
+    for key in spec.options:
+        assert key in DataSection.model_fields and key in EvalTarget.model_fields, key
+        default = DataSection.model_fields[key].default
+        # an unset target key gets the builder's default, a [data] key the recipe's: they must agree
+        assert default is None or default == params[key].default, key
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_cacheable_rows_build_cacheable_sets(name, tmp_path):
+    from fake_data import make_fake_data
+
+    spec = SOURCES[name]
+    data = {"source": name, "train_split": spec.splits[0] if spec.splits else "train", "val_split": "",
+            "test_split": "", "shots": 1 if spec.needs_shots else None}
+    if spec.root == "required":
+        data["root"] = "written by make_fake_data"
+    recipe = make_fake_data(Recipe.model_validate({"model": {"name": "x"}, "data": data}), tmp_path)
+    ds = build_dataset(name, recipe.data.train_split, root=recipe.data.root, image_size=8, cache=True,
+                       list_shots=recipe.data.shots)
+    assert ds.cache_enabled == spec.cacheable
+
+
+def test_arguments_a_source_does_not_read_are_refused(tmp_path):
+    with pytest.raises(PaceError, match="^image_dir is only read by source = 'fewshot' or 'fgvc', not 'digits'; remove it$"):
+        build_dataset("digits", "train", image_dir="images")
+    with pytest.raises(PaceError, match="root is only read by source = 'imagefolder' or 'vtab1k'"):
+        build_dataset("synthetic", "train", root=tmp_path)
+    with pytest.raises(PaceError, match="list_shots is only read by source = 'fewshot', not 'vtab1k'"):
+        build_dataset("vtab1k", "train800", root=tmp_path, list_shots=2)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'image_folder'"):
+        build_dataset("digits", "train", image_folder="images")
+    # unset (None) options are not "given"
+    assert len(build_dataset("digits", "val", image_size=8, image_dir=None, fewshot_layout=None)) > 0

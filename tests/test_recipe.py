@@ -344,3 +344,69 @@ def test_no_warning_for_keys_that_are_read():
     r = parse_recipe(MINIMAL.replace('"synthetic"', '"digits"') + "seed = 2")  # what `pace sweep --seeds` does
     assert [n.split(" set")[0] for n in ineffective_settings(r)] == ["[data] seed"]
     assert ineffective_settings(parse_recipe(MINIMAL.replace('"synthetic"', '"digits"') + "seed = 2\nshots = 3")) == []
+
+
+# ---- the data source registry drives [data] and [[eval.targets]] validation
+
+VTAB = ('[model]\nname = "x"\n[data]\nsource = "vtab1k"\nroot = "d"\ntrain_split = "train800"\n'
+        'val_split = "val200"\ntest_split = "test"\n')
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.train_split=train80", "train_split = 'train80'"),
+    ("data.val_split=val", "val_split = 'val'"),
+    ("data.test_split=tst", "test_split = 'tst'"),
+    ("data.trainval_split=trainval", "trainval_split = 'trainval'"),
+])
+def test_split_names_are_checked_against_the_source(override, key):
+    msg = _error(VTAB, [override])
+    assert f"[data]: {key} is not a split of source = 'vtab1k' (use one of train800, val200, train800val200, test)" \
+        in msg, msg
+    assert msg.count("is not a split") == 1
+
+
+def test_open_split_names_are_accepted():
+    for source in ("imagefolder", "synthetic"):
+        parse_recipe(f'[model]\nname = "x"\n[data]\nsource = "{source}"\n'
+                     + ('root = "d"\n' if source == "imagefolder" else "") + 'train_split = "any-name"\nval_split = "x"')
+    parse_recipe('[model]\nname = "x"\n[data]\nsource = "fewshot"\nroot = "d"\nshots = 2\nval_split = "my.list"')
+    parse_recipe(VTAB + 'trainval_split = "train800val200"')
+
+
+def test_target_split_is_checked_against_its_source():
+    target = '[[eval.targets]]\nname = "t"\nsource = "digits"\nsplit = "{}"\nrestrict_logits = true\n'
+    assert "target 't': split = 'test800' is not a split of source = 'digits' (use one of train, val, trainval, test)" \
+        in _error(VTAB + target.format("test800"))
+    parse_recipe(VTAB + target.format("val"))
+
+
+@pytest.mark.parametrize("text, overrides, expected", [
+    (MINIMAL + "[pace]\nsigam = 1", (), "unknown key [pace] sigam (did you mean 'sigma'? allowed: variant, lambda, "),
+    (MINIMAL + "[pace]\nlamda = 1", (), "unknown key [pace] lamda (did you mean 'lambda'? "),
+    (MINIMAL + "[tarin]\nepochs = 1", (), "unknown section [tarin] (did you mean 'train'? allowed: model, data, "),
+    (MINIMAL, ["tarin.epochs=1"], "bad --set 'tarin.epochs=1': unknown section [tarin] (did you mean 'train'? "),
+    (MINIMAL + '[[eval.targets]]\nname = "a"\nsource = "digits"\nrestrict_logits = true\nspilt = "val"', (),
+     "unknown key [eval] targets[0].spilt (did you mean 'split'? allowed: name, source, root, split, "),
+])
+def test_unknown_names_suggest_the_near_miss(text, overrides, expected):
+    assert expected in _error(text, overrides)
+
+
+def test_recipe_errors_keep_where_and_what_apart():
+    with pytest.raises(PaceError) as info:
+        parse_recipe(MINIMAL + "[adapter]\nrank = 0", source="r.toml")
+    assert info.value.where == "invalid recipe 'r.toml'" and info.value.what == "[adapter] rank = 0: must be > 0"
+    assert str(info.value) == "invalid recipe 'r.toml': [adapter] rank = 0: must be > 0"
+    with pytest.raises(PaceError) as info:
+        parse_recipe(MINIMAL, ["train.epochs"])
+    assert info.value.where == "bad --set 'train.epochs'" and info.value.what.startswith("expected section.key=value")
+
+
+def test_validation_stays_torch_free():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pace_cli.recipe import parse_recipe\n"
+            f"parse_recipe({VTAB!r}, ['data.shots=2'])\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
