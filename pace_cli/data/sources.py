@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, get_args
 
 from pace_cli.errors import PaceError
 
@@ -29,26 +29,25 @@ SeedUse = Literal["shots", "training", "data"]
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """What pace knows about one data source.
-
-    ``splits`` are its split names (``None``: any name, e.g. the folders of an image folder).
-    ``root`` says whether it reads ``[data] root``: ``"required"``, ``"optional"`` (then
-    ``default_root`` is used when unset) or ``"none"``. ``options`` are the keys of ``[data]`` and
-    ``[[eval.targets]]`` that only some sources read and this one does; each is also a keyword
-    argument of its builder. ``cacheable``: it decodes images to a fixed size, so ``[data] cache``
-    applies. ``needs_shots``: ``[data] shots`` is required and picks its training list instead of
-    subsampling (``shots_hint`` says how, after "needs shots = k"). ``builder`` is ``"module:function"``; the function takes a :class:`SourceRequest`
-    and the options as keyword arguments and returns a :class:`~pace_cli.data.datasets.PaceDataset`.
-    """
+    """What pace knows about one data source; recipe validation and build_dataset both read it."""
 
     name: str
+    # "module:function": takes a SourceRequest and the options as keyword arguments, returns a
+    # PaceDataset; imported only when a data set is built.
     builder: str
+    # Its split names; None: any name (the folders of an image folder, the list files of fewshot).
     splits: tuple[str, ...] | None = None
+    # Whether it reads [data] root; an optional root falls back to default_root.
     root: RootRule = "none"
     default_root: str | None = None
+    # Keys of [data] and [[eval.targets]] that only some sources read and this one does; each is
+    # also a keyword argument of its builder (unset: the builder's default).
     options: tuple[str, ...] = ()
     seed_use: SeedUse = "shots"
+    # It decodes images to a fixed size on access, so [data] cache applies.
     cacheable: bool = False
+    # [data] shots is required and picks its training list instead of subsampling; shots_hint
+    # says how, in the message for missing shots (after "needs shots = k").
     needs_shots: bool = False
     shots_hint: str = ""
 
@@ -56,12 +55,12 @@ class SourceSpec:
         module, _, function = self.builder.partition(":")
         if not (module and function):
             raise ValueError(f"source {self.name!r}: builder {self.builder!r} must be 'module:function'")
-        if self.root not in ("required", "optional", "none"):
-            raise ValueError(f"source {self.name!r}: root must be 'required', 'optional' or 'none'")
+        if self.root not in get_args(RootRule):
+            raise ValueError(f"source {self.name!r}: root must be one of {', '.join(get_args(RootRule))}")
         if (self.default_root is not None) != (self.root == "optional"):
             raise ValueError(f"source {self.name!r}: an optional root, and only that, takes a default_root")
-        if self.seed_use not in ("shots", "training", "data"):
-            raise ValueError(f"source {self.name!r}: seed_use must be 'shots', 'training' or 'data'")
+        if self.seed_use not in get_args(SeedUse):
+            raise ValueError(f"source {self.name!r}: seed_use must be one of {', '.join(get_args(SeedUse))}")
 
     @property
     def reads_root(self) -> bool:
