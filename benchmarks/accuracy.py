@@ -99,7 +99,7 @@ def _init_worker(threads: int) -> None:
 
 def run_job(cfg: dict, workdir: str, do_train: bool, do_test: bool) -> list[dict]:
     """Train (unless only the test score is missing) and/or evaluate one run; returns records."""
-    from pace_cli.recipe.schema import load_recipe
+    from pace_cli.recipe import load_recipe
     from pace_cli.evaluation import evaluate_recipe
     from pace_cli.training.loop import train
 
@@ -139,8 +139,8 @@ def clean_probe(cfg: dict, workdir: str) -> dict:
     import torch
 
     from pace_cli.builders import build_dataset
-    from pace_cli.data.datasets import make_loader
-    from pace_cli.recipe.schema import load_recipe
+    from pace_cli.data import make_loader
+    from pace_cli.recipe import load_recipe
     from pace_cli.evaluation import build_eval_model
 
     key = run_key(cfg)

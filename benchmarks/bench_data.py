@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pace_cli.data.datasets import build_dataset, make_loader
+from pace_cli.data import build_dataset, make_loader
 
 
 def make_folder(root: Path, images: int, classes: int = 8, size=(320, 256)) -> None:

@@ -7,12 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from pace_cli.data import datasets as data_sources
+from pace_cli import data
 from pace_cli.adapters.layer import AdapterConfig, InjectionReport, inject_adapters
+from pace_cli.data.datasets import PaceDataset
+from pace_cli.data.sources import SourceSpec, get_source
 from pace_cli.errors import PaceError
 from pace_cli.models import create_model, load_base_weights
+from pace_cli.recipe.schema import DataSection, EvalTarget, Recipe
 from pace_cli.regularizer.pace import PaceConfig
-from pace_cli.recipe.schema import Recipe
 
 
 def timm_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -34,32 +36,37 @@ def image_size(recipe: Recipe) -> int:
     return 224
 
 
-def build_dataset(recipe: Recipe, split: str, *, train: bool = False) -> data_sources.PaceDataset:
+def build_dataset(recipe: Recipe, split: str, *, train: bool = False) -> PaceDataset:
     """One split of the recipe's data; ``train`` turns on the training augmentation and ``shots``.
 
-    For ``fewshot`` the shots pick the list file instead of subsampling, and every split takes
-    its classes from that k-shot training list.
+    For a source that needs shots (``fewshot``) the shots pick the list file instead of
+    subsampling, and every split takes its classes from that k-shot training list.
     """
     section = recipe.data
-    fewshot = section.source == "fewshot"
-    return data_sources.build_dataset(
-        section.source, split, root=section.root, image_size=image_size(recipe), channels=section.channels,
-        mean=section.mean, std=section.std, shots=section.shots if train and not fewshot else None,
-        seed=section.seed, synthetic_classes=section.synthetic_classes, synthetic_size=section.synthetic_size,
-        train=train, image_dir=section.image_dir, fewshot_layout=section.fewshot_layout,
-        list_shots=section.shots if fewshot else None, cache=section.cache,
-    )
+    spec = get_source(section.source)
+    shots = {"list_shots": section.shots} if spec.needs_shots else {"shots": section.shots if train else None}
+    return data.build_dataset(section.source, split, root=section.root, seed=section.seed, train=train,
+                              cache=section.cache, **shots, **_preprocessing(recipe), **_options(spec, section))
 
 
-def build_target_dataset(recipe: Recipe, target) -> data_sources.PaceDataset:
+def build_target_dataset(recipe: Recipe, target: EvalTarget) -> PaceDataset:
     """The evaluation set of one ``[[eval.targets]]`` entry, preprocessed like the recipe's test split."""
+    spec = get_source(target.source)
+    seed = {} if target.seed is None else {"seed": target.seed}  # unset: build_dataset's default
+    return data.build_dataset(target.source, target.split, root=target.root, **seed, **_preprocessing(recipe),
+                              **_options(spec, target))
+
+
+def _preprocessing(recipe: Recipe) -> dict[str, Any]:
+    """What every split of the recipe is resized and normalised with, targets included."""
     section = recipe.data
-    return data_sources.build_dataset(
-        target.source, target.split, root=target.root, image_size=image_size(recipe), channels=section.channels,
-        mean=section.mean, std=section.std, seed=target.seed or 0,
-        synthetic_classes=target.synthetic_classes or 10, synthetic_size=target.synthetic_size or 64,
-        image_dir=target.image_dir, fewshot_layout=target.fewshot_layout,
-    )
+    return dict(image_size=image_size(recipe), channels=section.channels, mean=section.mean, std=section.std)
+
+
+def _options(spec: SourceSpec, section: DataSection | EvalTarget) -> dict[str, Any]:
+    """The source's own settings, by the recipe keys of the same name (unset ones are None)."""
+    fields = type(section).model_fields
+    return {key: getattr(section, key) for key in spec.options if key in fields}
 
 
 def build_base_model(recipe: Recipe, num_classes: int, *, load_weights: bool = True) -> nn.Module:
@@ -93,7 +100,7 @@ def build_adapted_model(recipe: Recipe, num_classes: int) -> tuple[nn.Module, In
     return model, report
 
 
-def resolve_num_classes(recipe: Recipe, dataset: data_sources.PaceDataset) -> int:
+def resolve_num_classes(recipe: Recipe, dataset: PaceDataset) -> int:
     found = len(dataset.classes)
     wanted = recipe.model.num_classes
     if wanted is not None and wanted < found:

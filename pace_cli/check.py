@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pace_cli.errors import PaceError
-from pace_cli.recipe.schema import Recipe, ineffective_settings, load_recipe
+from pace_cli.recipe import Recipe, ineffective_settings, load_recipe
 
 # What each value costs in a training step, in bytes: fp32 weights of the whole model; for the
 # trainable ones also the gradient and AdamW's two moments.

@@ -29,7 +29,7 @@ from pace_cli.adapters.layer import AdapterConfig, inject_adapters, load_adapter
 from pace_cli.adapters.merge import merge_state_dict
 from pace_cli.artifacts.core import read_adapter, read_file_metadata
 from pace_cli.builders import build_base_model, build_dataset, build_target_dataset
-from pace_cli.data.datasets import PaceDataset, make_loader
+from pace_cli.data import PaceDataset, make_loader
 from pace_cli.errors import PaceError
 from pace_cli.models import base_state_items, load_state_into
 from pace_cli.recipe.schema import EvalTarget, Recipe

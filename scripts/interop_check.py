@@ -22,10 +22,10 @@ import torch
 from pace_cli.artifacts import core as artifacts
 from pace_cli import files
 from pace_cli.builders import build_dataset, timm_kwargs
-from pace_cli.data.datasets import make_loader
+from pace_cli.data import make_loader
 from pace_cli.artifacts.peft import export_peft, import_peft
 from pace_cli.models import resolve_checkpoint
-from pace_cli.recipe.schema import load_recipe
+from pace_cli.recipe import load_recipe
 from pace_cli.evaluation import build_eval_model
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pace_cli.data.datasets import build_dataset
+from pace_cli.data import build_dataset
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import json
 import sys
 import threading
 
-from pace_cli.recipe.schema import parse_recipe
+from pace_cli.recipe import parse_recipe
 from pace_cli.training.loop import TrainingInterrupted, TrainLogger, train
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pace_cli.data.datasets import VTAB1K_SPLITS, fewshot_list
-from pace_cli.recipe.schema import Recipe, recipe_to_dict
+from pace_cli.data import SOURCES, fewshot_list
+from pace_cli.recipe import Recipe, recipe_to_dict
 
 __all__ = ["make_fake_data", "write_png", "class_ids_for"]
 
@@ -60,7 +60,7 @@ def _write_list_set(folder: Path, prefix: str, ids: list[int], per_class: int, c
 
 
 def _vtab1k(root: Path, ids: list[int], per_class: int, channels: int) -> None:
-    for split in VTAB1K_SPLITS:
+    for split in SOURCES["vtab1k"].splits:
         entries = _write_list_set(root, f"images/{split}", ids, per_class, channels, 0)
         (root / f"{split}.txt").write_text(_lines(entries))
 
@@ -141,7 +141,7 @@ def make_fake_data(recipe: Recipe, root: str | Path, *, classes: int = 3, per_cl
     splits = [s for s in (data.train_split, data.val_split, data.test_split) if s]
     out = recipe_to_dict(recipe)
     data_root = root / "data"
-    if data.source in ("vtab1k", "fewshot", "fgvc", "imagefolder", "fashion-mnist"):
+    if SOURCES[data.source].reads_root:
         _write_source(data.source, data_root, ids=ids, names=names, splits=splits, layout=data.fewshot_layout,
                       shots=data.shots, seed=data.seed, image_dir=data.image_dir, per_class=per_class,
                       channels=channels)
@@ -169,6 +169,6 @@ def make_fake_data(recipe: Recipe, root: str | Path, *, classes: int = 3, per_cl
         _write_source(target.source, target_root, ids=target_ids, names=target_names, splits=[target.split],
                       layout=target.fewshot_layout, shots=None, seed=0, image_dir=target.image_dir,
                       per_class=per_class, channels=channels)
-        if target.root is not None or target.source in ("vtab1k", "fewshot", "fgvc", "imagefolder", "fashion-mnist"):
+        if SOURCES[target.source].reads_root:
             out["eval"]["targets"][i]["root"] = str(target_root)
     return Recipe.model_validate(out)

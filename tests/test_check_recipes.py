@@ -13,7 +13,7 @@ import torch
 
 from fake_data import make_fake_data
 from pace_cli.check import check_recipe
-from pace_cli.recipe.schema import load_recipe, recipe_to_toml
+from pace_cli.recipe import load_recipe, recipe_to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.toml"))

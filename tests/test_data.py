@@ -4,6 +4,7 @@ asset and the optional system Fashion-MNIST."""
 from __future__ import annotations
 
 import gzip
+import inspect
 import random
 from collections import Counter
 from pathlib import Path
@@ -13,10 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pace_cli.data import datasets as data
-from pace_cli.data.datasets import FASHION_MNIST_DEFAULT_ROOT, SOURCES, PaceDataset, build_dataset, make_loader
+from pace_cli.data import SOURCES, PaceDataset, build_dataset, make_loader
+from pace_cli.data import digits
+from pace_cli.data import loader as data_loader
 from pace_cli.errors import PaceError
+from pace_cli.recipe import DataSection, EvalTarget, Recipe
 
+FASHION_MNIST_DEFAULT_ROOT = SOURCES["fashion-mnist"].default_root
 COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "emu": (0, 255, 0)}
 
 
@@ -204,9 +208,9 @@ def test_kshot_errors(tmp_path):
 
 
 def test_digits_splits_disjoint_cover_and_proportions():
-    images, labels = data._digits_arrays()
+    images, labels = digits.digits_arrays()
     assert images.shape == (1797, 8, 8) and labels.shape == (1797,) and images.max() == 16
-    rows = data._digits_split_rows()
+    rows = digits.digits_split_rows()
     train, val, test = (set(rows[s]) for s in ("train", "val", "test"))
     assert not (train & val) and not (train & test) and not (val & test)
     assert train | val | test == set(range(1797))
@@ -410,7 +414,7 @@ def test_cache_holds_only_the_kshot_subset(tmp_path):
 def test_cache_auto_follows_the_memory_budget(tmp_path, monkeypatch):
     root = _noisy_imagefolder(tmp_path)
     assert build_dataset("imagefolder", "train", root=root, image_size=16, cache="auto").cache_enabled
-    monkeypatch.setattr(data, "CACHE_AUTO_BYTES", 6 * 3 * 16 * 16 - 1)  # one byte short of the split
+    monkeypatch.setattr(data_loader, "CACHE_AUTO_BYTES", 6 * 3 * 16 * 16 - 1)  # one byte short of the split
     assert not build_dataset("imagefolder", "train", root=root, image_size=16, cache="auto").cache_enabled
     # in-memory sources never cache: they are arrays already
     assert not build_dataset("synthetic", "train", image_size=8, cache=True).cache_enabled
@@ -439,6 +443,49 @@ def test_make_loader_defaults_follow_the_machine(monkeypatch):
     loader = make_loader(ds, 4, shuffle=False, num_workers="auto")
     assert loader.num_workers == 0 and not loader.pin_memory
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert data.default_num_workers() >= 1
+    assert data_loader.default_num_workers() >= 1
     with pytest.raises(PaceError, match="num_workers"):
         make_loader(ds, 4, shuffle=False, num_workers=-1)
+
+
+# ---------------------------------------------------------------- the source registry
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_every_row_agrees_with_its_builder_and_the_recipe(name):
+    spec = SOURCES[name]
+    params = inspect.signature(spec.load_builder()).parameters
+    assert list(params)[1:] == list(spec.options)  # the options, and nothing else, are its keyword arguments
+    for key in spec.options:
+        assert key in DataSection.model_fields and key in EvalTarget.model_fields, key
+        default = DataSection.model_fields[key].default
+        # an unset target key gets the builder's default, a [data] key the recipe's: they must agree
+        assert default is None or default == params[key].default, key
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_cacheable_rows_build_cacheable_sets(name, tmp_path):
+    from fake_data import make_fake_data
+
+    spec = SOURCES[name]
+    data = {"source": name, "train_split": spec.splits[0] if spec.splits else "train", "val_split": "",
+            "test_split": "", "shots": 1 if spec.needs_shots else None}
+    if spec.root == "required":
+        data["root"] = "written by make_fake_data"
+    recipe = make_fake_data(Recipe.model_validate({"model": {"name": "x"}, "data": data}), tmp_path)
+    ds = build_dataset(name, recipe.data.train_split, root=recipe.data.root, image_size=8, cache=True,
+                       list_shots=recipe.data.shots)
+    assert ds.cache_enabled == spec.cacheable
+
+
+def test_arguments_a_source_does_not_read_are_refused(tmp_path):
+    with pytest.raises(PaceError, match="^image_dir is only read by source = 'fewshot' or 'fgvc', not 'digits'; remove it$"):
+        build_dataset("digits", "train", image_dir="images")
+    with pytest.raises(PaceError, match="root is only read by source = 'imagefolder' or 'vtab1k'"):
+        build_dataset("synthetic", "train", root=tmp_path)
+    with pytest.raises(PaceError, match="list_shots is only read by source = 'fewshot', not 'vtab1k'"):
+        build_dataset("vtab1k", "train800", root=tmp_path, list_shots=2)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'image_folder'"):
+        build_dataset("digits", "train", image_folder="images")
+    # unset (None) options are not "given"
+    assert len(build_dataset("digits", "val", image_size=8, image_dir=None, fewshot_layout=None)) > 0

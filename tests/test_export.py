@@ -22,7 +22,7 @@ from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_ad
 from pace_cli.cli.app import app
 from pace_cli.artifacts.peft import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
 from pace_cli.models import base_fingerprints, resolve_checkpoint
-from pace_cli.recipe.schema import load_recipe, recipe_to_toml
+from pace_cli.recipe import load_recipe, recipe_to_toml
 from pace_cli.evaluation import build_eval_model
 
 runner = CliRunner()
@@ -433,7 +433,7 @@ def test_merged_file_loads_through_timm_pretrained_cfg_overlay(tmp_path):
     assert max_diff(logits(model, digits), logits(pace_model, digits)) == 0.0
 
     from pace_cli.builders import build_dataset
-    from pace_cli.data.datasets import make_loader
+    from pace_cli.data import make_loader
     from pace_cli.evaluation import evaluate
 
     test_set = build_dataset(recipe, "test")

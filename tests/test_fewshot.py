@@ -13,9 +13,9 @@ from PIL import Image
 
 from fake_data import write_png
 from pace_cli.builders import build_dataset as build_from_recipe
-from pace_cli.data.datasets import build_dataset, make_loader
+from pace_cli.data import build_dataset, make_loader
 from pace_cli.errors import PaceError
-from pace_cli.recipe.schema import parse_recipe
+from pace_cli.recipe import parse_recipe
 
 
 def _lists(root: Path, files: dict[str, list[tuple[str, int]]], folder="images") -> Path:

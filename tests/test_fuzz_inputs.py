@@ -19,9 +19,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from helpers import tiny_recipe_text
-from pace_cli.data.datasets import build_dataset
+from pace_cli.data import build_dataset
 from pace_cli.errors import PaceError
-from pace_cli.recipe.schema import parse_recipe
+from pace_cli.recipe import parse_recipe
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

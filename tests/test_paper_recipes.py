@@ -8,7 +8,7 @@ import pytest
 
 from fake_data import make_fake_data
 from pace_cli.builders import build_dataset, build_target_dataset
-from pace_cli.recipe.schema import load_recipe
+from pace_cli.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.toml"))

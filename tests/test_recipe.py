@@ -5,9 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pace_cli.errors import PaceError
-from pace_cli.recipe.schema import (
-    SECTIONS, Recipe, _toml_document, apply_overrides, load_recipe, parse_recipe, recipe_to_dict, recipe_to_toml,
+from pace_cli.recipe import (
+    SECTIONS, Recipe, apply_overrides, load_recipe, parse_recipe, recipe_to_dict, recipe_to_toml,
 )
+from pace_cli.recipe.toml import toml_document
 
 MINIMAL = """
 [model]
@@ -145,7 +146,8 @@ def test_lambda_alias_both_ways():
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        ("[adapter]\nrnak = 3", r"unknown key \[adapter\] rnak \(allowed: kind, rank, targets\)"),
+        ("[adapter]\nrnak = 3", r"unknown key \[adapter\] rnak \(did you mean 'rank'\? allowed: kind, rank, targets\)"),
+        ("[adapter]\nzzz = 3", r"unknown key \[adapter\] zzz \(allowed: kind, rank, targets\)"),
         ("[bogus]\nx = 1", r"unknown section \[bogus\]"),
         ("[train]\nepochs = \"ten\"", r"\[train\] epochs = 'ten': must be an integer"),
         ("[train]\nepochs = true", r"\[train\] epochs = true: must be an integer"),
@@ -263,7 +265,7 @@ _tables = st.dictionaries(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(st.text(max_size=200), _tables.map(_toml_document)))
+@given(st.one_of(st.text(max_size=200), _tables.map(toml_document)))
 def test_fuzz_parse_recipe(text):
     try:
         r = parse_recipe(text)
@@ -305,7 +307,7 @@ def test_keys_no_source_reads_are_refused(extra, expected):
     '[data]\nsource = "synthetic"\nseed = 2',                 # seed of the generated set
     '[data]\nsource = "digits"\nsynthetic_classes = 10\nseed = 0',  # defaults written out change nothing
     '[data]\nsource = "digits"\ncache = "auto"',
-    '[data]\nsource = "vtab1k"\nroot = "d"\ncache = true',
+    '[data]\nsource = "vtab1k"\nroot = "d"\ncache = true\ntrain_split = "train800"\nval_split = "val200"',
 ])
 def test_keys_that_are_read_are_accepted(extra):
     parse_recipe('[model]\nname = "vit_tiny_patch16_224"\n' + extra)
@@ -325,14 +327,14 @@ def test_saved_recipe_of_any_source_loads_again():
     ('variant = "fast"\nlazy_interval = 4', "lazy_interval set but ignored with variant = 'fast'"),
 ])
 def test_switched_off_pace_keys_warn(pace, expected):
-    from pace_cli.recipe.schema import ineffective_settings
+    from pace_cli.recipe import ineffective_settings
 
     notes = ineffective_settings(parse_recipe(MINIMAL + "[pace]\n" + pace))
     assert len(notes) == 1 and expected in notes[0]
 
 
 def test_no_warning_for_keys_that_are_read():
-    from pace_cli.recipe.schema import ineffective_settings
+    from pace_cli.recipe import ineffective_settings
 
     for pace in ('variant = "lazy"\nlazy_interval = 4\nsigma = 2.0', 'variant = "off"\nsigma = 1.0\nlambda = 1.0',
                  'variant = "fast"\nsigma = 0.5\nnoise_free_blocks = 1'):
@@ -342,3 +344,69 @@ def test_no_warning_for_keys_that_are_read():
     r = parse_recipe(MINIMAL.replace('"synthetic"', '"digits"') + "seed = 2")  # what `pace sweep --seeds` does
     assert [n.split(" set")[0] for n in ineffective_settings(r)] == ["[data] seed"]
     assert ineffective_settings(parse_recipe(MINIMAL.replace('"synthetic"', '"digits"') + "seed = 2\nshots = 3")) == []
+
+
+# ---- the data source registry drives [data] and [[eval.targets]] validation
+
+VTAB = ('[model]\nname = "x"\n[data]\nsource = "vtab1k"\nroot = "d"\ntrain_split = "train800"\n'
+        'val_split = "val200"\ntest_split = "test"\n')
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.train_split=train80", "train_split = 'train80'"),
+    ("data.val_split=val", "val_split = 'val'"),
+    ("data.test_split=tst", "test_split = 'tst'"),
+    ("data.trainval_split=trainval", "trainval_split = 'trainval'"),
+])
+def test_split_names_are_checked_against_the_source(override, key):
+    msg = _error(VTAB, [override])
+    assert f"[data]: {key} is not a split of source = 'vtab1k' (use one of train800, val200, train800val200, test)" \
+        in msg, msg
+    assert msg.count("is not a split") == 1
+
+
+def test_open_split_names_are_accepted():
+    for source in ("imagefolder", "synthetic"):
+        parse_recipe(f'[model]\nname = "x"\n[data]\nsource = "{source}"\n'
+                     + ('root = "d"\n' if source == "imagefolder" else "") + 'train_split = "any-name"\nval_split = "x"')
+    parse_recipe('[model]\nname = "x"\n[data]\nsource = "fewshot"\nroot = "d"\nshots = 2\nval_split = "my.list"')
+    parse_recipe(VTAB + 'trainval_split = "train800val200"')
+
+
+def test_target_split_is_checked_against_its_source():
+    target = '[[eval.targets]]\nname = "t"\nsource = "digits"\nsplit = "{}"\nrestrict_logits = true\n'
+    assert "target 't': split = 'test800' is not a split of source = 'digits' (use one of train, val, trainval, test)" \
+        in _error(VTAB + target.format("test800"))
+    parse_recipe(VTAB + target.format("val"))
+
+
+@pytest.mark.parametrize("text, overrides, expected", [
+    (MINIMAL + "[pace]\nsigam = 1", (), "unknown key [pace] sigam (did you mean 'sigma'? allowed: variant, lambda, "),
+    (MINIMAL + "[pace]\nlamda = 1", (), "unknown key [pace] lamda (did you mean 'lambda'? "),
+    (MINIMAL + "[tarin]\nepochs = 1", (), "unknown section [tarin] (did you mean 'train'? allowed: model, data, "),
+    (MINIMAL, ["tarin.epochs=1"], "bad --set 'tarin.epochs=1': unknown section [tarin] (did you mean 'train'? "),
+    (MINIMAL + '[[eval.targets]]\nname = "a"\nsource = "digits"\nrestrict_logits = true\nspilt = "val"', (),
+     "unknown key [eval] targets[0].spilt (did you mean 'split'? allowed: name, source, root, split, "),
+])
+def test_unknown_names_suggest_the_near_miss(text, overrides, expected):
+    assert expected in _error(text, overrides)
+
+
+def test_recipe_errors_keep_where_and_what_apart():
+    with pytest.raises(PaceError) as info:
+        parse_recipe(MINIMAL + "[adapter]\nrank = 0", source="r.toml")
+    assert info.value.where == "invalid recipe 'r.toml'" and info.value.what == "[adapter] rank = 0: must be > 0"
+    assert str(info.value) == "invalid recipe 'r.toml': [adapter] rank = 0: must be > 0"
+    with pytest.raises(PaceError) as info:
+        parse_recipe(MINIMAL, ["train.epochs"])
+    assert info.value.where == "bad --set 'train.epochs'" and info.value.what.startswith("expected section.key=value")
+
+
+def test_validation_stays_torch_free():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pace_cli.recipe import parse_recipe\n"
+            f"parse_recipe({VTAB!r}, ['data.shots=2'])\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

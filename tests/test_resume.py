@@ -7,7 +7,7 @@ import torch
 from helpers import tiny_recipe_text
 from pace_cli.errors import PaceError
 from pace_cli.files.tensors import load_tensors
-from pace_cli.recipe.schema import parse_recipe
+from pace_cli.recipe import parse_recipe
 from pace_cli.training.loop import TrainLogger, TrainingInterrupted, train
 
 RECIPE = tiny_recipe_text(

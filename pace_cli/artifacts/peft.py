@@ -457,7 +457,7 @@ def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bo
     """
     from pace_cli.builders import timm_kwargs
     from pace_cli.models import base_fingerprints
-    from pace_cli.recipe.schema import recipe_to_toml
+    from pace_cli.recipe import recipe_to_toml
 
     output = Path(output)
     files.check_can_write(output, overwrite)

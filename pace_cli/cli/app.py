@@ -154,7 +154,7 @@ def train(
     def action():
         from pace_cli import distributed
         from pace_cli.errors import PaceError
-        from pace_cli.recipe.schema import load_recipe
+        from pace_cli.recipe import load_recipe
         from pace_cli.training.loop import TrainingInterrupted, train as run_training
 
         loaded = load_recipe(recipe, set_ or ())
@@ -167,7 +167,7 @@ def train(
             raise typer.Exit(distributed.launch_local(nproc, _argv_without_nproc(), loaded.train.device))
         speaks = distributed.is_rank_zero()  # under torchrun every rank trains; rank 0 reports
         if speaks:
-            from pace_cli.recipe.schema import ineffective_settings
+            from pace_cli.recipe import ineffective_settings
 
             for note in ineffective_settings(loaded):
                 err_console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
@@ -275,7 +275,7 @@ def eval_(
     """
     def action():
         from pace_cli.errors import PaceError
-        from pace_cli.recipe.schema import load_recipe
+        from pace_cli.recipe import load_recipe
         from pace_cli.evaluation import evaluate_recipe
 
         if (weights is None) == (adapter is None):
@@ -387,7 +387,7 @@ def export_base(
     [bold]pace export-base recipes/vtab1k/cifar100.toml --set model.checkpoint=ViT-B_16.npz -o bases/vit_b16_in21k.safetensors[/]
     """
     def action():
-        from pace_cli.recipe.schema import load_recipe
+        from pace_cli.recipe import load_recipe
         from pace_cli.artifacts.base import export_base_weights
 
         path = export_base_weights(load_recipe(recipe, set_ or ()), output, overwrite=overwrite)
@@ -454,7 +454,7 @@ def import_peft(
     """
     def action():
         from pace_cli.artifacts.peft import import_peft as run_import
-        from pace_cli.recipe.schema import load_recipe
+        from pace_cli.recipe import load_recipe
 
         report = run_import(folder, output, load_recipe(recipe, set_ or ()), overwrite=overwrite)
         if json_output:

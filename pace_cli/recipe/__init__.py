@@ -7,6 +7,12 @@ importing one light submodule never pulls in the heavy ones (torch) behind the o
 from importlib import import_module
 
 _EXPORTS = {
+    "ineffective_settings": "inert",
+    "apply_overrides": "load",
+    "load_recipe": "load",
+    "parse_override_value": "load",
+    "parse_recipe": "load",
+    "format_validation_error": "messages",
     "AdapterSection": "schema",
     "CHECKPOINT_SUFFIXES": "schema",
     "DataSection": "schema",
@@ -21,15 +27,9 @@ _EXPORTS = {
     "PaceVariant": "schema",
     "Recipe": "schema",
     "SECTIONS": "schema",
-    "SourceName": "schema",
     "TrainSection": "schema",
-    "apply_overrides": "schema",
-    "format_validation_error": "schema",
-    "ineffective_settings": "schema",
-    "load_recipe": "schema",
-    "parse_recipe": "schema",
-    "recipe_to_dict": "schema",
-    "recipe_to_toml": "schema",
+    "recipe_to_dict": "toml",
+    "recipe_to_toml": "toml",
 }
 
 __all__ = sorted(_EXPORTS)

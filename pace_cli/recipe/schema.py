@@ -1,56 +1,28 @@
-"""Training recipes: TOML files validated by pydantic, with ``--set section.key=value`` overrides.
+"""The recipe schema: one pydantic model per TOML section, validated strictly.
 
-TOML has no null, so an empty string (``key = ""``) means "not set" for every optional key;
-that is also how ``recipe_to_toml`` writes a ``None`` whose default is not ``None``.
+TOML has no null, so an empty string (``key = ""``) means "not set" for every optional key.
+``[data]`` and ``[[eval.targets]]`` are checked against the data source registry
+(:data:`pace_cli.data.sources.SOURCES`, torch-free) when validated: the source name, its split
+names, its root rule, and the keys only some sources read.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import typing
-from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from pace_cli.errors import PaceError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
-__all__ = [
-    "ModelSection",
-    "DataSection",
-    "AdapterSection",
-    "PaceSection",
-    "OptimSection",
-    "TrainSection",
-    "OutputSection",
-    "EvalTarget",
-    "EvalSection",
-    "Recipe",
-    "SECTIONS",
-    "load_recipe",
-    "parse_recipe",
-    "apply_overrides",
-    "recipe_to_toml",
-    "recipe_to_dict",
-    "format_validation_error",
-    "ineffective_settings",
-    "CHECKPOINT_SUFFIXES",
-]
+from pace_cli.data.sources import SOURCES, SourceSpec, only_read_by
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 # Passed to timm.create_model explicitly, so a duplicate in [model.kwargs] would clash.
@@ -94,10 +66,22 @@ class _Section(BaseModel):
         for key, value in data.items():
             if isinstance(value, os.PathLike):  # callers building recipes in code pass Paths
                 out[key] = value = os.fspath(value)
-            field = cls.model_fields.get(key) or _field_by_alias(cls, key)
+            field = cls.model_fields.get(key) or field_by_alias(cls, key)
             if value == "" and field is not None and _is_optional(field.annotation):
                 out[key] = None
         return out
+
+
+def field_by_alias(cls: type[BaseModel], key: str):
+    """The field of ``cls`` whose TOML name ``key`` differs from its Python name (``lambda``)."""
+    for f in cls.model_fields.values():
+        if f.alias == key:
+            return f
+    return None
+
+
+def _is_optional(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)
 
 
 class ModelSection(_Section):
@@ -159,19 +143,7 @@ class ModelSection(_Section):
         return self
 
 
-SourceName = Literal["imagefolder", "vtab1k", "fewshot", "fgvc", "fashion-mnist", "digits", "synthetic"]
-# Sources that read files under a root folder, and the keys only some sources read: a key set
-# for a source that ignores it is an error, so a recipe never carries settings that do nothing.
-_ROOTED_SOURCES = ("imagefolder", "vtab1k", "fewshot", "fgvc")
-_SOURCE_ONLY_KEYS = {"root": _ROOTED_SOURCES + ("fashion-mnist",), "image_dir": ("fewshot", "fgvc"),
-                     "fewshot_layout": ("fewshot",)}
-
-
-# Sources that read [data] seed even without shots (the few-shot list, the crops, the generated set).
-_SEEDED_SOURCES = ("fewshot", "fgvc", "synthetic")
-
-
-def _is_set(section: BaseModel, key: str) -> bool:
+def is_set(section: BaseModel, key: str) -> bool:
     """Whether the recipe gave ``key`` a value that differs from leaving it out.
 
     A key written out with its default value changes nothing either way, and pace's own saved
@@ -182,28 +154,50 @@ def _is_set(section: BaseModel, key: str) -> bool:
     return getattr(section, key) != type(section).model_fields[key].default
 
 
-# [data] keys with a default that only some sources read: refused when set to anything else.
-_SET_SOURCE_ONLY_KEYS = {"cache": ("imagefolder", "vtab1k"), "synthetic_classes": ("synthetic",),
-                         "synthetic_size": ("synthetic",)}
+def _known_source(name: str) -> str:
+    # read at validation time, so a source registered after import is accepted like the built-in ones
+    if name not in SOURCES:
+        raise ValueError("must be one of " + ", ".join(SOURCES))
+    return name
 
 
-def _check_source_keys(section: BaseModel, source: str, where: str,
-                       also: Mapping[str, Sequence[str]] | None = None) -> None:
-    """Refuse the keys ``source`` does not read: ``_SOURCE_ONLY_KEYS`` when set, ``also`` (already found set).
+SourceField = Annotated[str, AfterValidator(_known_source)]
 
-    Every such key goes in one message, so one run lists all there is to remove.
+
+def _source_problems(section: BaseModel, rules: dict[str, Callable[[SourceSpec], bool]],
+                     split_keys: tuple[str, ...], prefix: str = "") -> list[str]:
+    """What ``section`` asks of its source that the source's registry row does not allow.
+
+    A key only some sources read is an error when set for one that ignores it, so a recipe never
+    carries settings that do nothing. ``rules`` says, per such key besides the options of the
+    registry rows, which sources read it; split names are checked where the source has fixed ones.
     """
-    unread = {key: sources for key, sources in _SOURCE_ONLY_KEYS.items()
-              if getattr(section, key, None) is not None and source not in sources}
-    unread.update({key: sources for key, sources in (also or {}).items() if source not in sources})
-    if unread:
-        raise ValueError("; ".join(f"{where}{key} is only read by source = {' or '.join(repr(s) for s in sources)}, "
-                                   f"not {source!r}; remove it" for key, sources in unread.items()))
+    source = section.source
+    spec = SOURCES[source]
+    problems = []
+    if spec.root == "required" and section.root is None:
+        problems.append(f"{prefix}source = '{source}' needs root = \"<dataset folder>\"")
+    options = {key for row in SOURCES.values() for key in row.options}
+    for key in type(section).model_fields:  # field order, so the message reads like the section
+        reads = rules.get(key) or (_reads_option(key) if key in options else None)
+        if reads is not None and is_set(section, key) and not reads(spec):
+            problems.append(prefix + only_read_by(key, source, reads))
+    for key in split_keys:
+        split = getattr(section, key)
+        if spec.splits is not None and split is not None and split not in spec.splits:
+            problems.append(f"{prefix}{key} = {split!r} is not a split of source = {source!r} (use one of "
+                            + ", ".join(spec.splits) + ")")
+    return problems
+
+
+def _reads_option(key: str) -> Callable[[SourceSpec], bool]:
+    return lambda spec: key in spec.options
 
 
 class DataSection(_Section):
-    source: SourceName = Field(description="Dataset kind.")
-    root: str | None = Field(None, description="Dataset folder (needed for imagefolder, vtab1k, fewshot, fgvc).")
+    source: SourceField = Field(description="Dataset kind: a row of pace_cli.data.sources.SOURCES.")
+    root: str | None = Field(None, description="Dataset folder (needed for imagefolder, vtab1k, fewshot, fgvc; "
+                             "fashion-mnist has a default).")
     image_dir: str | None = Field(
         None, min_length=1,
         description="fewshot/fgvc: folder under root the listed image paths are relative to ('.' = root); "
@@ -263,14 +257,18 @@ class DataSection(_Section):
                 f"trainval_split and test_split are both '{self.test_split}'; the final runs would train on "
                 "the test images, point trainval_split at the train + val split"
             )
-        if self.source in _ROOTED_SOURCES and self.root is None:
-            raise ValueError(f"source = '{self.source}' needs root = \"<dataset folder>\"")
-        if self.source == "fewshot" and self.shots is None:
-            raise ValueError("source = 'fewshot' needs shots = k (1, 2, 4, 8 or 16): it picks "
-                             "annotations/train_meta.list.num_shot_k.seed_<seed>")
-        set_keys = {key: sources for key, sources in _SET_SOURCE_ONLY_KEYS.items() if _is_set(self, key)}
-        _check_source_keys(self, self.source, "", also=set_keys)
+        problems = _source_problems(self, _DATA_RULES, _DATA_SPLITS)
+        spec = SOURCES[self.source]
+        if spec.needs_shots and self.shots is None:
+            problems.insert(0, " ".join(filter(None, (f"source = '{self.source}' needs shots = k", spec.shots_hint))))
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+
+# [data] keys besides the source options that only some sources read, and the keys naming splits.
+_DATA_RULES = {"root": lambda spec: spec.reads_root, "cache": lambda spec: spec.cacheable}
+_DATA_SPLITS = ("train_split", "val_split", "test_split", "trainval_split")
 
 
 class AdapterSection(_Section):
@@ -342,7 +340,7 @@ class EvalTarget(_Section):
     """One extra test set scored by `pace eval` with the same model (e.g. a shifted domain)."""
 
     name: str = Field(min_length=1, description="Name shown in the table and the JSON.")
-    source: SourceName = Field(description="Dataset kind, as [data] source.")
+    source: SourceField = Field(description="Dataset kind, as [data] source.")
     root: str | None = Field(None, description="Dataset folder of the target.")
     split: str = Field("test", min_length=1, description="Split of the target to score (fewshot: 'val' reads "
                        "annotations/val_meta.list).")
@@ -366,12 +364,15 @@ class EvalTarget(_Section):
     def _consistent(self) -> EvalTarget:
         if not self.name.strip():
             raise ValueError("name must not be blank")
-        if self.source in _ROOTED_SOURCES and self.root is None:
-            raise ValueError(f"target '{self.name}': source = '{self.source}' needs root = \"<dataset folder>\"")
-        synthetic_only = {key: ("synthetic",) for key in ("seed", "synthetic_classes", "synthetic_size")
-                          if getattr(self, key) is not None}
-        _check_source_keys(self, self.source, f"target '{self.name}': ", also=synthetic_only)
+        problems = _source_problems(self, _TARGET_RULES, ("split",), prefix=f"target '{self.name}': ")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+
+# A target is scored without shots and without training, so its seed counts only where the data
+# itself is drawn from the seed.
+_TARGET_RULES = {"root": lambda spec: spec.reads_root, "seed": lambda spec: spec.target_reads_seed}
 
 
 class EvalSection(_Section):
@@ -405,389 +406,3 @@ class Recipe(BaseModel):
 
 
 SECTIONS: tuple[str, ...] = tuple(Recipe.model_fields)
-
-# [pace] keys each variant reads; the others are inert for it.
-_VARIANT_KEYS = {
-    "off": (),
-    "pace": ("lambda_", "sigma", "noise_free_blocks"),
-    "fast": ("lambda_", "sigma", "noise_free_blocks"),
-    "lazy": ("lambda_", "sigma", "noise_free_blocks", "lazy_interval"),
-}
-
-
-def ineffective_settings(recipe: Recipe) -> list[str]:
-    """Warnings for set keys that this recipe's other choices make inert, one line each.
-
-    These are warnings, not errors (a key that no data source or model reads is an error, raised
-    when the recipe is validated): a recipe is routinely rerun with one switch flipped, the
-    baseline with ``--set pace.variant=off`` or a final run with ``--set data.val_split=""``, and
-    the tuned settings it carries must not stop that run. They still do nothing, so say so.
-    """
-    notes: list[str] = []
-    p = recipe.pace
-    inert = [name for name in ("lambda_", "sigma", "noise_free_blocks", "lazy_interval")
-             if name not in _VARIANT_KEYS[p.variant] and _is_set(p, name)]
-    if inert:
-        keys = ", ".join(PaceSection.model_fields[n].alias or n for n in inert)
-        uses = {"off": "it adds no noise and no consistency loss",
-                "pace": "lazy_interval is read by variant = 'lazy' only",
-                "fast": "lazy_interval is read by variant = 'lazy' only"}.get(p.variant, "")
-        notes.append(f"[pace] {keys} set but ignored with variant = {p.variant!r} ({uses})")
-    d = recipe.data
-    if _is_set(d, "seed") and d.shots is None and d.source not in _SEEDED_SOURCES:
-        # `pace sweep --seeds` sets data.seed with train.seed for every source, hence not an error
-        notes.append(f"[data] seed set but ignored: source = {d.source!r} reads it only to draw shots, and shots "
-                     "is unset")
-    if recipe.data.val_split is None and _is_set(recipe.train, "eval_every"):
-        notes.append("[train] eval_every set but ignored: [data] val_split is empty, so no epoch is evaluated")
-    if recipe.optim.warmup_epochs == 0 and _is_set(recipe.optim, "warmup_start_lr"):
-        notes.append("[optim] warmup_start_lr set but ignored: warmup_epochs = 0, so there is no warm-up")
-    return notes
-
-
-# ---------------------------------------------------------------- loading
-
-
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read a recipe file, apply ``--set`` overrides and validate it."""
-    p = Path(path)
-    if not p.exists():
-        raise PaceError(f"recipe file '{p}' not found; check the path")
-    if not p.is_file():
-        raise PaceError(f"recipe '{p}' is not a file; pass a .toml recipe file")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise PaceError(f"recipe file '{p}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise PaceError(f"cannot read recipe file '{p}': {e.strerror or e}") from None
-    return parse_recipe(text, overrides, source=str(p))
-
-
-def parse_recipe(text: str, overrides: Sequence[str] = (), *, source: str = "<recipe>") -> Recipe:
-    """Parse recipe TOML text; ``source`` names it in error messages."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise PaceError(
-            f"recipe '{source}' is not valid TOML: {_one_line(str(e))}; fix the syntax there"
-        ) from None
-    except RecursionError:
-        raise PaceError(f"recipe '{source}' nests arrays or tables too deeply; flatten it") from None
-    try:
-        return Recipe.model_validate(apply_overrides(data, overrides))
-    except ValidationError as e:
-        raise PaceError(f"invalid recipe '{source}': {format_validation_error(e)}") from None
-    except RecursionError:
-        raise PaceError(f"invalid recipe '{source}': values nest too deeply; flatten them") from None
-
-
-def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Return a copy of ``data`` with each ``section.key[.sub]=value`` applied.
-
-    The value is read as a TOML value (``1e-3``, ``true``, ``[1, 2]``, ``"x"``); anything that
-    is not valid TOML is kept as a plain string, so ``train.device=cpu`` works unquoted.
-    """
-    if isinstance(overrides, str):  # a lone "a.b=c" would otherwise be iterated per character
-        overrides = [overrides]
-    out = _deep_copy(data)
-    for item in overrides:
-        shown = _quote_override(item)
-        if "=" not in item:
-            raise PaceError(f"bad --set {shown}: expected section.key=value, e.g. optim.lr=1e-3")
-        key, _, raw = item.partition("=")
-        parts = [k.strip() for k in key.strip().split(".")]
-        if len(parts) < 2 or any(not k for k in parts):
-            raise PaceError(f"bad --set {shown}: the key must be section.key, e.g. train.epochs=5")
-        if parts[0] not in SECTIONS:
-            raise PaceError(
-                f"bad --set {shown}: unknown section [{_toml_key(parts[0])}] (allowed: {', '.join(SECTIONS)})"
-            )
-        node = out
-        for depth, k in enumerate(parts[:-1]):
-            child = node.setdefault(k, {})
-            if not isinstance(child, dict):
-                where = ".".join(_toml_key(k) for k in parts[: depth + 1])
-                raise PaceError(
-                    f"bad --set {shown}: {where} is a value, not a table; set {where}=... instead"
-                )
-            node = child
-        node[parts[-1]] = _parse_value(raw.strip())
-    return out
-
-
-def _quote_override(item: str) -> str:
-    return f"'{item}'" if item.isprintable() and "'" not in item else repr(item)
-
-
-def _parse_value(raw: str) -> Any:
-    try:
-        parsed = tomllib.loads(f"v = {raw}")
-    except tomllib.TOMLDecodeError:
-        return raw
-    if set(parsed) != {"v"}:  # e.g. a newline smuggling in another key
-        return raw
-    return parsed["v"]
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
-
-
-# ---------------------------------------------------------------- writing
-
-
-def recipe_to_dict(recipe: Recipe) -> dict:
-    """JSON-able dict of the whole recipe, keys as written in TOML (``lambda``, not ``lambda_``)."""
-    return recipe.model_dump(mode="json", by_alias=True)
-
-
-def recipe_to_toml(recipe: Recipe) -> str:
-    """Serialise a recipe to TOML such that ``parse_recipe(recipe_to_toml(r)) == r``."""
-    lines: list[str] = []
-    for section_name in SECTIONS:
-        section: BaseModel = getattr(recipe, section_name)
-        values = section.model_dump(by_alias=True)
-        nested: dict[str, dict] = {}
-        arrays: dict[str, list] = {}
-        if lines:
-            lines.append("")
-        lines.append(f"[{section_name}]")
-        for name, info in type(section).model_fields.items():
-            key = info.alias or name
-            value = values[key]
-            if isinstance(value, dict):
-                nested[key] = value
-                continue
-            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                arrays[key] = value
-                continue
-            if value is None:
-                if info.default is None:
-                    continue
-                value = ""  # explicit "unset" for a key whose default is set
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-        for key, table in nested.items():
-            if not table:
-                continue
-            lines.append("")
-            lines.append(f"[{section_name}.{_toml_key(key)}]")
-            lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items())
-        for key, tables in arrays.items():
-            for table in tables:
-                lines.append("")
-                lines.append(f"[[{section_name}.{_toml_key(key)}]]")
-                # TOML has no null: an unset key is left out (its default is None).
-                lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None)
-    return "\n".join(lines) + "\n"
-
-
-def _toml_document(data: dict) -> str:
-    """Write ``{table: {key: scalar-or-list}}`` as TOML; handy for building recipes in tests."""
-    lines: list[str] = []
-    for table, body in data.items():
-        lines.append(f"[{_toml_key(table)}]")
-        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in body.items())
-        lines.append("")
-    return "\n".join(lines)
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
-
-
-def _toml_string(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)  # shortest round-tripping form; 1e-05 style is valid TOML
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-# ---------------------------------------------------------------- error messages
-
-
-def format_validation_error(error: ValidationError) -> str:
-    """One line per pydantic error, joined with '; ', each naming the TOML key path."""
-    messages: list[str] = []
-    for err in error.errors(include_url=False):
-        msg = _one_line(_format_one(err))  # backstop: a message must stay on one line
-        if msg not in messages:
-            messages.append(msg)
-    return "; ".join(messages)
-
-
-def _format_one(err: dict) -> str:
-    loc = tuple(err.get("loc", ()))
-    kind = err.get("type", "")
-    value = err.get("input")
-
-    if not loc:
-        return _describe(err, None)
-    section = _toml_key(str(loc[0]))
-    if len(loc) == 1:
-        allowed = ", ".join(SECTIONS)
-        if kind == "extra_forbidden":
-            return f"unknown section [{section}] (allowed: {allowed})"
-        if kind == "missing":
-            return f"missing required section [{section}]"
-        if kind in ("model_type", "model_attributes_type", "dict_type"):
-            return f"{section} = {_show(value)}: must be a table, write it as [{section}]"
-        return f"[{section}]: {_describe(err, None)}"
-
-    key = _key_path(loc[1:])
-    section_cls = _section_class(str(loc[0]))
-    if kind == "extra_forbidden" and len(loc) == 2 and section_cls is not None:
-        allowed = ", ".join(f.alias or n for n, f in section_cls.model_fields.items())
-        return f"unknown key [{section}] {key} (allowed: {allowed})"
-    if kind == "missing":
-        return f"missing required key [{section}] {key}"
-    annotation = _annotation_at(section_cls, loc[1:])
-    if kind == "value_error" and isinstance(value, dict):  # a whole table's rule: its dump says nothing
-        return f"[{section}] {key}: {_describe(err, annotation)}"
-    return f"[{section}] {key} = {_show(value)}: {_describe(err, annotation)}"
-
-
-def _describe(err: dict, annotation: Any) -> str:
-    kind = err.get("type", "")
-    ctx = err.get("ctx") or {}
-    bounds = {
-        "greater_than": ("gt", ">"),
-        "greater_than_equal": ("ge", ">="),
-        "less_than": ("lt", "<"),
-        "less_than_equal": ("le", "<="),
-    }
-    if kind in bounds:
-        name, op = bounds[kind]
-        return f"must be {op} {_num(ctx.get(name))}"
-    if kind == "literal_error":
-        choices = _literal_choices(annotation)
-        if choices:
-            return "must be one of " + ", ".join(str(c) for c in choices)
-        return f"must be {ctx.get('expected', 'one of the allowed values')}"
-    simple = {
-        "int_type": "must be an integer",
-        "int_parsing": "must be an integer",
-        "int_from_float": "must be a whole number",
-        "float_type": "must be a number",
-        "float_parsing": "must be a number",
-        "finite_number": "must be a finite number",
-        "bool_type": "must be true or false",
-        "bool_parsing": "must be true or false",
-        "string_type": 'must be a string in quotes, e.g. "text"',
-        "list_type": "must be a list, e.g. [1, 2]",
-        "dict_type": "must be a table",
-        "model_type": "must be a table",
-    }
-    if kind in simple:
-        return simple[kind]
-    if kind == "too_short":
-        n = ctx.get("min_length", 1)
-        return "must not be empty" if n <= 1 else f"needs at least {n} items"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} items"
-    if kind == "value_error":
-        msg = str(err.get("msg", ""))
-        return _one_line(msg.removeprefix("Value error, "))
-    msg = _one_line(str(err.get("msg", "invalid value")))
-    return msg[:1].lower() + msg[1:]
-
-
-def _key_path(parts: tuple) -> str:
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        else:
-            out += ("." if out else "") + _toml_key(str(p))
-    return out
-
-
-def _section_class(section: str) -> type[BaseModel] | None:
-    field = Recipe.model_fields.get(section)
-    if field is None:
-        return None
-    ann = field.annotation
-    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-
-
-def _field_by_alias(cls: type[BaseModel], key: str):
-    for f in cls.model_fields.values():
-        if f.alias == key:
-            return f
-    return None
-
-
-def _annotation_at(cls: type[BaseModel] | None, parts: tuple) -> Any:
-    if cls is None or not parts or not isinstance(parts[0], str):
-        return None
-    field = cls.model_fields.get(parts[0]) or _field_by_alias(cls, parts[0])
-    if field is None or len(parts) > 1:
-        return None
-    return field.annotation
-
-
-def _is_optional(annotation: Any) -> bool:
-    return type(None) in typing.get_args(annotation)
-
-
-def _literal_choices(annotation: Any) -> tuple:
-    if annotation is None:
-        return ()
-    if typing.get_origin(annotation) is Literal:
-        return typing.get_args(annotation)
-    for arg in typing.get_args(annotation):
-        if typing.get_origin(arg) is Literal:
-            return typing.get_args(arg)
-    return ()
-
-
-def _num(x: Any) -> str:
-    if isinstance(x, float) and x.is_integer():
-        return str(int(x))
-    return str(x)
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    try:
-        text = _toml_value(value) if not isinstance(value, str) else repr(value)
-    except TypeError:
-        text = repr(value)
-    text = _one_line(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from pace_cli import files
 from pace_cli.errors import PaceError
-from pace_cli.recipe.schema import Recipe, load_recipe, parse_recipe, recipe_to_dict
+from pace_cli.recipe import Recipe, load_recipe, parse_recipe, recipe_to_dict
 from pace_cli.files.layout import (
     ADAPTER_FILE, CHECKPOINT_FILE, FINAL_FOLDER, GRID_FOLDER, METRICS_FILE, RECIPE_FILE, SWEEP_CSV, SWEEP_JSON, TEST_FILE,
 )
@@ -95,7 +95,7 @@ def _split_top_level(text: str) -> list[str]:
 
 def parse_grid(specs: Sequence[str]) -> list[GridAxis]:
     """Read ``section.key=v1,v2,...`` items; keys are validated later, with the recipe, like ``--set``."""
-    from pace_cli.recipe.schema import _parse_value
+    from pace_cli.recipe import parse_override_value
 
     axes: list[GridAxis] = []
     for spec in specs:
@@ -110,7 +110,7 @@ def parse_grid(specs: Sequence[str]) -> list[GridAxis]:
             raise PaceError(f"bad --grid {spec!r}: seeds are swept with --seeds (it sets train.seed and data.seed)")
         if any(axis.key == key for axis in axes):
             raise PaceError(f"bad --grid {spec!r}: {key} is gridded twice; give all its values in one --grid")
-        values = tuple(_parse_value(t) for t in texts)
+        values = tuple(parse_override_value(t) for t in texts)
         for i, value in enumerate(values):
             if value in values[:i]:
                 raise PaceError(f"bad --grid {spec!r}: value {texts[i]} is listed twice")

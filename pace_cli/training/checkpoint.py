@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pace_cli import files
 from pace_cli.errors import PaceError
-from pace_cli.recipe.schema import Recipe, recipe_to_dict
+from pace_cli.recipe import Recipe, recipe_to_dict
 from pace_cli.files.layout import CHECKPOINT_FILE
 
 

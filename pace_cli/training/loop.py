@@ -30,13 +30,13 @@ from pace_cli.training.checkpoint import (
 from pace_cli.builders import (
     build_adapted_model, build_dataset, make_optimizer, maybe_compile, pace_config, resolve_num_classes, timm_kwargs,
 )
-from pace_cli.data.datasets import make_loader
+from pace_cli.data import make_loader
 from pace_cli.errors import PaceError
 from pace_cli.evaluation import EvalResult, evaluate
 from pace_cli.files.lock import output_lock
 from pace_cli.models import base_fingerprints
 from pace_cli.regularizer.pace import PaceRegularizer, fp_distance
-from pace_cli.recipe.schema import Recipe, recipe_to_dict, recipe_to_toml
+from pace_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
 from pace_cli.files.layout import ADAPTER_FILE, METRICS_FILE, RECIPE_FILE
 
 

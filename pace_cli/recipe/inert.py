@@ -1,0 +1,44 @@
+"""Keys with no effect: set in the recipe, but switched off by its other choices (warnings, not errors)."""
+
+from __future__ import annotations
+
+from pace_cli.data.sources import get_source
+from pace_cli.recipe.schema import PaceSection, Recipe, is_set
+
+# [pace] keys each variant reads; the others are inert for it.
+_VARIANT_KEYS = {
+    "off": (),
+    "pace": ("lambda_", "sigma", "noise_free_blocks"),
+    "fast": ("lambda_", "sigma", "noise_free_blocks"),
+    "lazy": ("lambda_", "sigma", "noise_free_blocks", "lazy_interval"),
+}
+
+
+def ineffective_settings(recipe: Recipe) -> list[str]:
+    """Warnings for set keys that this recipe's other choices make inert, one line each.
+
+    These are warnings, not errors (a key that no data source or model reads is an error, raised
+    when the recipe is validated): a recipe is routinely rerun with one switch flipped, the
+    baseline with ``--set pace.variant=off`` or a final run with ``--set data.val_split=""``, and
+    the tuned settings it carries must not stop that run. They still do nothing, so say so.
+    """
+    notes: list[str] = []
+    p = recipe.pace
+    inert = [name for name in ("lambda_", "sigma", "noise_free_blocks", "lazy_interval")
+             if name not in _VARIANT_KEYS[p.variant] and is_set(p, name)]
+    if inert:
+        keys = ", ".join(PaceSection.model_fields[n].alias or n for n in inert)
+        uses = {"off": "it adds no noise and no consistency loss",
+                "pace": "lazy_interval is read by variant = 'lazy' only",
+                "fast": "lazy_interval is read by variant = 'lazy' only"}.get(p.variant, "")
+        notes.append(f"[pace] {keys} set but ignored with variant = {p.variant!r} ({uses})")
+    d = recipe.data
+    if is_set(d, "seed") and d.shots is None and not get_source(d.source).seeded:
+        # `pace sweep --seeds` sets data.seed with train.seed for every source, hence not an error
+        notes.append(f"[data] seed set but ignored: source = {d.source!r} reads it only to draw shots, and shots "
+                     "is unset")
+    if recipe.data.val_split is None and is_set(recipe.train, "eval_every"):
+        notes.append("[train] eval_every set but ignored: [data] val_split is empty, so no epoch is evaluated")
+    if recipe.optim.warmup_epochs == 0 and is_set(recipe.optim, "warmup_start_lr"):
+        notes.append("[optim] warmup_start_lr set but ignored: warmup_epochs = 0, so there is no warm-up")
+    return notes
