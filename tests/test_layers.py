@@ -82,6 +82,10 @@ def imports_of(module: str, *, module_level_only: bool) -> list[tuple[str, int]]
     """(imported pace_cli module, line) for each import in ``module``; in-function ones unless excluded."""
     path = MODULES[module]
     tree = ast.parse(path.read_text())
+    # `if TYPE_CHECKING:` imports never run; they only name types for annotations
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            node.body = []
     if module_level_only:  # imports under a module-level if or try still run at import time
         nodes = [n for top in tree.body if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
                  for n in ast.walk(top)]
