@@ -110,7 +110,7 @@ def _build_trainer(config: str, variant: str, noise_free_blocks: int, batch_fact
     import timm
     import torch
 
-    from pace_cli.adapters.layer import AdapterConfig, adapted_layers, inject_adapters
+    from pace_cli.adapters import AdapterConfig, adapted_layers, inject_adapters
     from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
 
     cfg = CONFIGS[config]
@@ -230,7 +230,7 @@ def _build_peft_case(config: str, case: str):
                                                  modules_to_save=["head"]))
         loss_fn = lambda: torch.nn.functional.cross_entropy(model(images).float(), labels)  # noqa: E731
     else:
-        from pace_cli.adapters.layer import AdapterConfig, adapted_layers, inject_adapters
+        from pace_cli.adapters import AdapterConfig, adapted_layers, inject_adapters
         from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
 
         kind, variant, factored = spec
@@ -311,8 +311,8 @@ def bench_eval(config: str, rounds: int, batches: int) -> dict:
     import timm
     import torch
 
-    from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_adapters
-    from pace_cli.adapters.merge import merge_state_dict
+    from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
+    from pace_cli.adapters import merge_state_dict
 
     cfg = CONFIGS[config]
     torch.manual_seed(0)
@@ -437,7 +437,7 @@ def bench_merge(workdir: Path, rounds: int) -> dict:
 def _worker_merge_phases(base: str, adapter: str, out: str) -> dict:
     """In-process split of the merge time: reading, fingerprinting, the arithmetic, the whole merge."""
     from pace_cli.artifacts import core as artifacts
-    from pace_cli.adapters.merge import iter_merged
+    from pace_cli.adapters import iter_merged
 
     ad = artifacts.read_adapter(adapter)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pace_cli.data import datasets as data_sources
-from pace_cli.adapters.layer import AdapterConfig, InjectionReport, inject_adapters
+from pace_cli.adapters import AdapterConfig, InjectionReport, inject_adapters
 from pace_cli.errors import PaceError
 from pace_cli.models import create_model, load_base_weights
 from pace_cli.regularizer.pace import PaceConfig

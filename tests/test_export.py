@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pace_cli.artifacts import core as artifacts
 from pace_cli.files import tensors as pio
-from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
 from pace_cli.cli.app import app
 from pace_cli.artifacts.peft import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
 from pace_cli.models import base_fingerprints, resolve_checkpoint
@@ -166,7 +166,7 @@ def test_peft_loads_export_of_a_swin_adapter(tmp_path):
     """Swin's classifier sits at head.fc and its attention runs per window: the mapping is not ViT-specific."""
     peft = peft_or_skip()
     from conftest import tiny_swin
-    from pace_cli.adapters.merge import merge_state_dict
+    from pace_cli.adapters import merge_state_dict
 
     base_state = tiny_swin(num_classes=4).state_dict()
     save_file(base_state, str(tmp_path / "swin.safetensors"))

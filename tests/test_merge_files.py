@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 import pace_cli.files.tensors as pio
 from conftest import tiny_vit
 from pace_cli.artifacts import core as artifacts
-from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
 from pace_cli.errors import PaceError
-from pace_cli.adapters.merge import merge_state_dict
+from pace_cli.adapters import merge_state_dict
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

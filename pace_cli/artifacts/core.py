@@ -16,7 +16,7 @@ from torch import Tensor
 from pace_cli import __version__
 from pace_cli import files
 from pace_cli.errors import PaceError
-from pace_cli.adapters.merge import iter_merged, split_adapter_state
+from pace_cli.adapters import iter_merged, split_adapter_state
 
 ADAPTER_FORMAT = "pace-adapter"
 MERGED_FORMAT = "pace-merged"

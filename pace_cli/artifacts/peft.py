@@ -35,12 +35,12 @@ from torch import Tensor, nn
 
 from pace_cli import __version__
 from pace_cli import files
-from pace_cli.adapters.layer import AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict
+from pace_cli.adapters import AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict
 from pace_cli.artifacts.core import (
     AdapterFile, LazySafetensors, adapter_metadata, base_fingerprint, expected_fingerprint, read_adapter,
 )
 from pace_cli.errors import PaceError
-from pace_cli.adapters.merge import merge_layer, split_adapter_state
+from pace_cli.adapters import merge_layer, split_adapter_state
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"

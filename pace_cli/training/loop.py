@@ -23,7 +23,7 @@ import torch
 from pace_cli import distributed
 from pace_cli.artifacts import core as artifacts
 from pace_cli import files
-from pace_cli.adapters.layer import InjectionReport, adapter_state_dict, load_adapter_state_dict
+from pace_cli.adapters import InjectionReport, adapter_state_dict, load_adapter_state_dict
 from pace_cli.training.checkpoint import (
     CHECKPOINT_FILE, Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
 )
