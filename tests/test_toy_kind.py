@@ -139,11 +139,10 @@ def test_toy_kind_is_refused_by_peft_export(tmp_path, toy):
 
     model = tiny_vit(depth=1, num_classes=3)
     report = inject_adapters(model, AdapterConfig(kind=toy_kind.NAME, rank=2), num_classes=3)
-    meta = artifacts.adapter_metadata(
+    meta = artifacts.AdapterMetadata(
         kind=toy_kind.NAME, rank=2, targets=list(AdapterConfig().targets), layers=report.adapted_layers,
-        head="head", pace={}, timm_model="vit_tiny_patch16_224", timm_kwargs={}, num_classes=3, class_names=None,
-        base_fingerprint="sha256:0", base_checkpoint=None, recipe_toml="",
-        trainable_parameters=report.trainable_parameters)
+        head="head", timm_model="vit_tiny_patch16_224", num_classes=3, base_fingerprint="sha256:0",
+        trainable_parameters=report.trainable_parameters).to_metadata()
     path = tmp_path / "toy.safetensors"
     files.save_tensors(path, adapter_state_dict(model), meta)
     with pytest.raises(PaceError, match="PEFT has no exact equivalent"):
