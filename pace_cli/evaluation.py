@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -133,7 +133,8 @@ def build_eval_model(recipe: Recipe, *, weights: Path | None = None, adapter: Pa
             remedy="point [model] checkpoint at the right base",
         )
     if unmerged:
-        inject_adapters(model, AdapterConfig(kind=meta.kind, rank=meta.rank, targets=tuple(meta.layers or meta.targets)))
+        targets = tuple(meta.layers or meta.targets)
+        inject_adapters(model, AdapterConfig(kind=meta.kind, rank=meta.rank, targets=targets))
         load_adapter_state_dict(model, adapter_file.tensors)
     else:
         merged = merge_state_dict(model.state_dict(), adapter_file.tensors, meta.kind)

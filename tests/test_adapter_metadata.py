@@ -75,7 +75,8 @@ def test_the_base_matches_by_stored_precision_or_any_rounding():
 def test_missing_entries_name_the_damaged_file(tmp_path, drop, entry):
     meta = written_before()
     del meta[drop]
-    with pytest.raises(PaceError, match=f"'x.safetensors' lacks the '{entry}' metadata entry; the adapter file is damaged"):
+    expected = f"'x.safetensors' lacks the '{entry}' metadata entry; the adapter file is damaged"
+    with pytest.raises(PaceError, match=expected):
         AdapterMetadata.from_metadata(meta, source="x.safetensors")
 
 

@@ -73,10 +73,8 @@ def find_target_layers(model: nn.Module, targets: Sequence[str], exclude: str) -
         hits = [name for name in linears if _pattern_matches(pattern, name)]
         if not hits:
             sample = ", ".join(linears[:6]) + (", ..." if len(linears) > 6 else "")
-            raise PaceError(
-                f"[adapter] targets pattern {pattern!r} matches no nn.Linear layer of {type(model).__name__}; "
-                f"layer names look like: {sample}"
-            )
+            raise PaceError(f"[adapter] targets pattern {pattern!r} matches no nn.Linear layer of "
+                            f"{type(model).__name__}", remedy=f"layer names look like: {sample}")
         chosen += [name for name in hits if name not in chosen]
     return [name for name in linears if name in chosen]  # model order, i.e. depth order
 
@@ -136,16 +134,12 @@ def load_adapter_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> No
     mismatch = describe_key_mismatch(expected, state, missing_what="tensors missing",
                                      unknown_what="unknown tensors")
     if mismatch:
-        raise PaceError(
-            f"the adapter does not fit this model: {mismatch}; check that the recipe's model and "
-            "[adapter] settings match the ones it was trained with"
-        )
+        raise PaceError(f"the adapter does not fit this model: {mismatch}",
+                        remedy="check that the recipe's model and [adapter] settings match the ones it was trained with")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise PaceError(
-                f"adapter tensor {name} has shape {list(tensor.shape)} but the model expects "
-                f"{list(expected[name].shape)}; was it trained for another base model?"
-            )
+            raise PaceError(f"adapter tensor {name} has shape {list(tensor.shape)} but the model expects "
+                            f"{list(expected[name].shape)}", remedy="was it trained for another base model?")
     model.load_state_dict(dict(state), strict=False)
 
 

@@ -41,7 +41,8 @@ def check_can_write_folder(folder: Path, overwrite: bool) -> None:
         foreign = sorted(present - EXPORT_FILES)
         if foreign:
             raise PaceError(f"output folder '{folder}' holds other files (e.g. {foreign[0]})",
-                            remedy="pace only replaces a folder that holds a PEFT adapter, so pick a new or empty folder")
+                            remedy="pace only replaces a folder that holds a PEFT adapter, so pick a new or empty "
+                                   "folder")
         if present and not overwrite:
             raise PaceError(f"output folder '{folder}' already holds a PEFT adapter",
                             remedy="pass --overwrite to replace it")
@@ -75,8 +76,9 @@ def _resolve_base(base: str | None, adapter: AdapterFile) -> Path:
     except PaceError:
         if base:
             raise
-        raise PaceError(f"'{adapter.path}' records its base as '{choice}', which is not found from here (relative paths "
-                        "are taken from the current folder)", remedy="pass --base BASE.safetensors") from None
+        raise PaceError(f"'{adapter.path}' records its base as '{choice}', which is not found from here "
+                        "(relative paths are taken from the current folder)",
+                        remedy="pass --base BASE.safetensors") from None
     if path.suffix.lower() != ".safetensors":
         raise PaceError(f"base '{choice}' must be a .safetensors file",
                         remedy="convert it with `pace export-base RECIPE --output base.safetensors` and pass --base")
@@ -106,7 +108,7 @@ def _shifted_biases(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]], 
         fingerprint_ok = adapter.metadata.matches_base(found, stored_dtype(base_file, adapter.head_name))
         if not fingerprint_ok and not force:
             raise PaceError(f"'{base_path}' is not the base '{adapter.path.name}' was trained on (fingerprint "
-                            f"differs), so b0 + Δb would be wrong", remedy="pass --base with the right one, or --force")
+                            "differs), so b0 + Δb would be wrong", remedy="pass --base with the right one, or --force")
         biases: dict[str, Tensor] = {}
         for path, own in layers.items():
             if f"{path}.weight" not in base_file:

@@ -33,6 +33,8 @@ PEFT_PICKLED_WEIGHTS_FILE = "adapter_model.bin"
 PEFT_CARD_FILE = "README.md"
 PEFT_KEY_PREFIX = "base_model.model."
 EXPORT_FORMATS = ("peft",)
+# The pace kind a PEFT LoRA is, exactly: what `import-peft` writes.
+IMPORTED_KIND = "lora_add"
 # Metadata key of adapter_model.safetensors under which an export records where it came from;
 # `import-peft` reads class names back from it.
 PACE_METADATA_KEY = "pace"

@@ -20,7 +20,7 @@ from pace_cli import files
 from pace_cli.adapters import AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict
 from pace_cli.artifacts.metadata import AdapterMetadata
 from pace_cli.artifacts.peft_format import (
-    PACE_METADATA_KEY, PEFT_CONFIG_FILE, PEFT_KEY_PREFIX, PEFT_PICKLED_WEIGHTS_FILE, PEFT_WEIGHTS_FILE,
+    IMPORTED_KIND, PACE_METADATA_KEY, PEFT_CONFIG_FILE, PEFT_KEY_PREFIX, PEFT_PICKLED_WEIGHTS_FILE, PEFT_WEIGHTS_FILE,
 )
 from pace_cli.errors import PaceError
 
@@ -328,7 +328,7 @@ def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bo
             raise PaceError(f"PEFT tensor for {key} contains NaN or inf; refusing to import it")
 
     # Load it exactly as `pace eval --unmerged` would: a file that passes this, merge and eval accept.
-    report = inject_adapters(model, AdapterConfig(kind="lora_add", rank=config_rank, targets=tuple(layer_order)))
+    report = inject_adapters(model, AdapterConfig(kind=IMPORTED_KIND, rank=config_rank, targets=tuple(layer_order)))
     load_adapter_state_dict(model, state)
     metadata = _imported_metadata(peft, recipe, config_rank, scale, layer_order, report.adapted_layers, head_name,
                                   head_from, num_classes, fingerprints, sum(t.numel() for t in state.values()))
@@ -346,10 +346,10 @@ def _imported_metadata(peft: PeftFolder, recipe, rank: int, scale: float, layer_
     stashed = _pace_provenance(peft)
     class_names = stashed.get("class_names") or []
     # The recorded recipe says what the file holds, whatever [adapter] the recipe given for the model had.
-    imported = {"kind": "lora_add", "rank": rank, "targets": list(layer_order)}
+    imported = {"kind": IMPORTED_KIND, "rank": rank, "targets": list(layer_order)}
     recipe = recipe.model_copy(update={"adapter": recipe.adapter.model_copy(update=imported)})
     return AdapterMetadata(
-        kind="lora_add", rank=rank, targets=list(layer_order), layers=adapted_layers, head=head_name,
+        kind=IMPORTED_KIND, rank=rank, targets=list(layer_order), layers=adapted_layers, head=head_name,
         timm_model=recipe.model.name, num_classes=num_classes, base_fingerprint=fingerprints["float32"],
         trainable_parameters=trainable_parameters, timm_kwargs=timm_kwargs(recipe),
         class_names=class_names if len(class_names) == num_classes else [],
