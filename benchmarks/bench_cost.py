@@ -110,7 +110,7 @@ def _build_trainer(config: str, variant: str, noise_free_blocks: int, batch_fact
     import timm
     import torch
 
-    from pace_cli.adapters.layer import AdapterConfig, adapted_layers, inject_adapters
+    from pace_cli.adapters import AdapterConfig, adapted_layers, inject_adapters
     from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
 
     cfg = CONFIGS[config]
@@ -230,7 +230,7 @@ def _build_peft_case(config: str, case: str):
                                                  modules_to_save=["head"]))
         loss_fn = lambda: torch.nn.functional.cross_entropy(model(images).float(), labels)  # noqa: E731
     else:
-        from pace_cli.adapters.layer import AdapterConfig, adapted_layers, inject_adapters
+        from pace_cli.adapters import AdapterConfig, adapted_layers, inject_adapters
         from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
 
         kind, variant, factored = spec
@@ -311,8 +311,8 @@ def bench_eval(config: str, rounds: int, batches: int) -> dict:
     import timm
     import torch
 
-    from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_adapters
-    from pace_cli.adapters.merge import merge_state_dict
+    from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
+    from pace_cli.adapters import merge_state_dict
 
     cfg = CONFIGS[config]
     torch.manual_seed(0)
@@ -360,23 +360,23 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 
 _MAKE_FILES = """
 import sys, torch, timm
-from pace_cli import artifacts, io
+from pace_cli import artifacts, files
 from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
 torch.manual_seed(0)
 model = timm.create_model("vit_base_patch16_224", pretrained=False)
 state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-io.save_tensors(sys.argv[1], state)
+files.save_tensors(sys.argv[1], state)
 report = inject_adapters(model, AdapterConfig(kind=%r, rank=%d), num_classes=%d)
 with torch.no_grad():
     for p in model.parameters():
         if p.requires_grad:
             p.normal_(0, 0.02)
-meta = artifacts.adapter_metadata(
-    kind=%r, rank=%d, targets=%r, layers=report.adapted_layers, head=report.head_name, pace={},
-    timm_model="vit_base_patch16_224", timm_kwargs={}, num_classes=%d, class_names=None,
-    base_fingerprint=artifacts.base_fingerprint(state, report.head_name), base_checkpoint=None,
-    recipe_toml="", trainable_parameters=report.trainable_parameters)
-io.save_tensors(sys.argv[2], adapter_state_dict(model), meta)
+meta = artifacts.AdapterMetadata(
+    kind=%r, rank=%d, targets=%r, layers=report.adapted_layers, head=report.head_name,
+    timm_model="vit_base_patch16_224", num_classes=%d,
+    base_fingerprint=artifacts.base_fingerprint(state, report.head_name),
+    trainable_parameters=report.trainable_parameters).to_metadata()
+files.save_tensors(sys.argv[2], adapter_state_dict(model), meta)
 """ % (KIND, RANK, NUM_CLASSES, KIND, RANK, TARGETS, NUM_CLASSES)
 
 
@@ -436,8 +436,8 @@ def bench_merge(workdir: Path, rounds: int) -> dict:
 
 def _worker_merge_phases(base: str, adapter: str, out: str) -> dict:
     """In-process split of the merge time: reading, fingerprinting, the arithmetic, the whole merge."""
-    from pace_cli.artifacts import core as artifacts
-    from pace_cli.adapters.merge import iter_merged
+    from pace_cli import artifacts
+    from pace_cli.adapters import iter_merged
 
     ad = artifacts.read_adapter(adapter)
 

@@ -96,7 +96,7 @@ def allreduce_payload() -> dict[str, float]:
     import timm
     import torch
 
-    from pace_cli.adapters.layer import AdapterConfig, inject_adapters
+    from pace_cli.adapters import AdapterConfig, inject_adapters
 
     sizes = {}
     for kind in ("lora_mul+vpt_add", "lora_add"):

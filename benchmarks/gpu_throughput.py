@@ -18,7 +18,7 @@ import time
 import timm
 import torch
 
-from pace_cli.adapters.layer import AdapterConfig, inject_adapters
+from pace_cli.adapters import AdapterConfig, inject_adapters
 from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
 
 MODELS = {

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pace_cli import data
-from pace_cli.adapters.layer import AdapterConfig, InjectionReport, inject_adapters
+from pace_cli.adapters import AdapterConfig, InjectionReport, inject_adapters
 from pace_cli.data.datasets import PaceDataset
 from pace_cli.data.sources import SourceSpec, get_source
 from pace_cli.errors import PaceError

@@ -177,7 +177,7 @@ def _build_on_meta(recipe: Recipe, num_classes: int) -> nn.Module:
 
 def _inject(report: CheckReport, recipe: Recipe, model: nn.Module):
     """Adapters into the meta model, after matching each target pattern alone so every bad one is listed."""
-    from pace_cli.adapters.layer import find_target_layers, head_module_name, inject_adapters
+    from pace_cli.adapters import find_target_layers, head_module_name, inject_adapters
     from pace_cli.builders import adapter_config
 
     config = adapter_config(recipe)
@@ -191,7 +191,7 @@ def _inject(report: CheckReport, recipe: Recipe, model: nn.Module):
 
 def _check_checkpoint(report: CheckReport, recipe: Recipe, model: nn.Module) -> None:
     from pace_cli import files
-    from pace_cli.adapters.layer import head_module_name
+    from pace_cli.adapters import head_module_name
     from pace_cli.errors import describe_key_mismatch
     from pace_cli.models import resolve_checkpoint
 

@@ -18,16 +18,16 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pace_cli import distributed, files
-from pace_cli.adapters.layer import AdapterConfig, inject_adapters, load_adapter_state_dict
-from pace_cli.adapters.merge import merge_state_dict
-from pace_cli.artifacts.core import read_adapter, read_file_metadata
+from pace_cli.adapters import AdapterConfig, inject_adapters, load_adapter_state_dict
+from pace_cli.adapters import merge_state_dict
+from pace_cli.artifacts import read_adapter, read_file_metadata
 from pace_cli.builders import build_base_model, build_dataset, build_target_dataset
 from pace_cli.data import PaceDataset, make_loader
 from pace_cli.errors import PaceError
@@ -103,17 +103,18 @@ def evaluate(model: nn.Module, loader: DataLoader, *, class_names: list[str], sp
     )
 
 
-def _names(metadata: dict[str, Any], dataset, num_classes: int) -> list[str]:
-    names = list(metadata.get("class_names") or dataset.classes)
+def _names(class_names: Sequence[str], dataset, num_classes: int) -> list[str]:
+    names = list(class_names or dataset.classes)
     return (names + [str(i) for i in range(len(names), num_classes)])[:num_classes]
 
 
 def build_eval_model(recipe: Recipe, *, weights: Path | None = None, adapter: Path | None = None,
-                     unmerged: bool = False, fallback_classes: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """The model to evaluate: a full checkpoint loaded strictly, or the recipe's base plus an adapter.
+                     unmerged: bool = False, fallback_classes: int | None = None) -> tuple[torch.nn.Module, list[str]]:
+    """The model to evaluate and the class names its file records (empty when it records none).
 
-    With an adapter the weights are folded in memory by the same merge used for files, unless
-    ``unmerged`` asks for the adapter layers to run as they do in training (eval mode).
+    A full checkpoint is loaded strictly; an adapter goes onto the recipe's base. Its weights are
+    folded in memory by the same merge used for files, unless ``unmerged`` asks for the adapter
+    layers to run as they do in training (eval mode).
     """
     if weights is not None:
         metadata = read_file_metadata(weights) if weights.suffix == ".safetensors" and weights.is_file() else {}
@@ -121,26 +122,24 @@ def build_eval_model(recipe: Recipe, *, weights: Path | None = None, adapter: Pa
         num_classes = int(metadata.get("num_classes") or recipe.model.num_classes or fallback_classes)
         model = build_base_model(recipe, num_classes, load_weights=False)
         load_state_into(model, state, source=str(weights), allow_new_head=False)
-        return model, metadata
+        return model, list(metadata.get("class_names") or [])
     adapter_file = read_adapter(adapter)
-    metadata = adapter_file.metadata
-    num_classes = int(metadata["num_classes"])
-    model = build_base_model(recipe, num_classes)
-    expected = {metadata.get("base_fingerprint"), *(metadata.get("base_fingerprints") or {}).values()} - {None, ""}
-    if expected and files.fingerprint(base_state_items(model)) not in expected:
+    meta = adapter_file.metadata
+    model = build_base_model(recipe, meta.num_classes)
+    # The base went into a float32 model, so whichever rounding of the right base the recipe names matches.
+    if meta.records_base and not meta.matches_base(files.fingerprint(base_state_items(model))):
         raise PaceError(
-            f"the recipe's base weights are not the ones '{adapter}' was trained on (fingerprint differs); "
-            "point [model] checkpoint at the right base"
+            f"the recipe's base weights are not the ones '{adapter}' was trained on (fingerprint differs)",
+            remedy="point [model] checkpoint at the right base",
         )
     if unmerged:
-        spec = metadata["adapter"]
-        inject_adapters(model, AdapterConfig(kind=spec["kind"], rank=int(spec["rank"]),
-                                             targets=tuple(spec.get("layers") or spec["targets"])))
+        targets = tuple(meta.layers or meta.targets)
+        inject_adapters(model, AdapterConfig(kind=meta.kind, rank=meta.rank, targets=targets))
         load_adapter_state_dict(model, adapter_file.tensors)
     else:
-        merged = merge_state_dict(model.state_dict(), adapter_file.tensors, adapter_file.kind)
+        merged = merge_state_dict(model.state_dict(), adapter_file.tensors, meta.kind)
         load_state_into(model, merged, source=str(adapter), allow_new_head=False)
-    return model, metadata
+    return model, meta.class_names
 
 
 def evaluate_recipe(recipe: Recipe, *, weights: Path | None = None, adapter: Path | None = None,
@@ -297,15 +296,15 @@ def evaluate_targets(recipe: Recipe, *, weights: Path | None = None, adapter: Pa
     world = distributed.init_from_environment(recipe.train.device)
     own = build_dataset(recipe, split)
     target_sets = [(t, build_target_dataset(recipe, t)) for t in targets]
-    model, metadata = build_eval_model(recipe, weights=weights, adapter=adapter, unmerged=unmerged,
-                                       fallback_classes=len(own.classes))
+    model, class_names = build_eval_model(recipe, weights=weights, adapter=adapter, unmerged=unmerged,
+                                          fallback_classes=len(own.classes))
     device = distributed.resolve_device(recipe.train.device, world)
     model.to(device)
     num_classes = model.get_classifier().out_features
     if max(own.labels, default=0) >= num_classes:
         raise PaceError(f"split '{split}' has labels up to {max(own.labels)} but the model has "
                         f"{num_classes} outputs; is this the right data for these weights?")
-    head_names = _names(metadata, own, num_classes)
+    head_names = _names(class_names, own, num_classes)
     common = dict(batch_size=recipe.data.eval_batch_size, num_workers=recipe.data.num_workers, device=device,
                   world=world)
     # The recipe's own split keeps its labels as head indices, exactly as a plain `pace eval`.

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from pace_cli.adapters.layer import ADAPTER_TENSOR_NAMES, head_module_name
+from pace_cli.adapters import head_module_name, registered_tensor_names
 from pace_cli.errors import PaceError, describe_key_mismatch
 
 BUILTIN_PREFIX = "builtin:"
@@ -212,9 +212,10 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], *, source: st
 def base_state_items(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """The frozen base tensors in sorted order, without the head and adapter tensors (for fingerprints)."""
     heads = head_keys(model)
+    adapter_names = registered_tensor_names()
     state = model.state_dict()
     for key in sorted(state):
-        if key in heads or key.rpartition(".")[2] in ADAPTER_TENSOR_NAMES:
+        if key in heads or key.rpartition(".")[2] in adapter_names:
             continue
         yield key, state[key]
 

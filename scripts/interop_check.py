@@ -19,11 +19,11 @@ from pathlib import Path
 import timm
 import torch
 
-from pace_cli.artifacts import core as artifacts
+from pace_cli import artifacts
 from pace_cli import files
 from pace_cli.builders import build_dataset, timm_kwargs
 from pace_cli.data import make_loader
-from pace_cli.artifacts.peft import export_peft, import_peft
+from pace_cli.artifacts import export_peft, import_peft
 from pace_cli.models import resolve_checkpoint
 from pace_cli.recipe import load_recipe
 from pace_cli.evaluation import build_eval_model
@@ -47,7 +47,7 @@ def main() -> None:
     recipe = load_recipe(args.recipe, args.sets)
     base = resolve_checkpoint(recipe.model.checkpoint)
     adapter = artifacts.read_adapter(args.adapter)
-    num_classes, head = int(adapter.metadata["num_classes"]), adapter.head_name
+    num_classes, head = adapter.metadata.num_classes, adapter.head_name
     test_set = build_dataset(recipe, recipe.data.test_split)
     images = next(iter(make_loader(test_set, args.images, shuffle=False)))[0]
 

@@ -3,9 +3,10 @@ import torch
 from torch import nn
 
 from helpers import MODEL_FACTORIES, tiny_swin, tiny_vit
-from pace_cli.adapters.layer import (
-    ADAPTER_KINDS, AdaptedLinear, AdapterConfig, adapter_delta, adapter_state_dict, adapters_disabled, inject_adapters, load_adapter_state_dict,
+from pace_cli.adapters import (
+    AdaptedLinear, AdapterConfig, adapter_delta, adapter_state_dict, adapters_disabled, inject_adapters, load_adapter_state_dict,
 )
+from pace_cli.adapters.kinds import KINDS
 from pace_cli.errors import PaceError
 
 
@@ -41,7 +42,7 @@ def dense_reference(kind, W0, b0, t):
     return dW, db
 
 
-@pytest.mark.parametrize("kind", ADAPTER_KINDS)
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_delta_matches_dense_reference(kind):
     d_out, d_in, r = 7, 5, 3
     W0 = torch.randn(d_out, d_in, dtype=torch.float64)
@@ -75,7 +76,7 @@ def test_vpt_on_bias_less_layer_is_refused():
         AdaptedLinear(nn.Linear(6, 4, bias=False), "vpt_add", rank=2)
 
 
-@pytest.mark.parametrize("kind", ADAPTER_KINDS)
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_adapted_layer_eval_forward_matches_reference(kind):
     base = nn.Linear(5, 7).double()
     layer = AdaptedLinear(base, kind, rank=3).double()
@@ -92,7 +93,7 @@ def test_adapted_layer_eval_forward_matches_reference(kind):
 
 
 @pytest.mark.parametrize("arch", ["vit", "deit", "swin"])
-@pytest.mark.parametrize("kind", ADAPTER_KINDS)
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_zero_init_keeps_base_logits(arch, kind):
     base = MODEL_FACTORIES[arch](drop_path_rate=0.0).eval()
     adapted = MODEL_FACTORIES[arch](drop_path_rate=0.0)

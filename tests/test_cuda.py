@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from helpers import tiny_swin, tiny_vit
-from pace_cli.adapters.layer import AdapterConfig, adapter_delta, adapter_state_dict, adapted_layers, inject_adapters
+from pace_cli.adapters import AdapterConfig, adapter_delta, adapter_state_dict, adapted_layers, inject_adapters
 from pace_cli.adapters.factored import low_rank_linear
-from pace_cli.adapters.merge import merge_state_dict
+from pace_cli.adapters import merge_state_dict
 from pace_cli.adapters.fused import noisy_linear
 
 pytestmark = [

@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from pace_cli.artifacts import core as artifacts
+from pace_cli import artifacts
 from pace_cli.files import tensors as pio
-from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
 from pace_cli.cli.app import app
-from pace_cli.artifacts.peft import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
+from pace_cli.artifacts import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
 from pace_cli.models import base_fingerprints, resolve_checkpoint
 from pace_cli.recipe import load_recipe, recipe_to_toml
 from pace_cli.evaluation import build_eval_model
@@ -86,12 +86,12 @@ def make_adapter(tmp: Path, kind: str = "lora_add", rank: int = 4, bias_shift: b
                 if name.endswith("delta_bias") and not bias_shift:
                     p.zero_()
     fingerprints = base_fingerprints(model)
-    meta = artifacts.adapter_metadata(
+    meta = artifacts.AdapterMetadata(
         kind=kind, rank=rank, targets=list(recipe.adapter.targets), layers=report.adapted_layers, head="head",
         pace={"variant": "pace"}, timm_model=MODEL, timm_kwargs=KWARGS, num_classes=CLASSES,
         class_names=[str(i) for i in range(CLASSES)], base_fingerprint=fingerprints["float32"],
-        base_checkpoint=BASE, recipe_toml=recipe_to_toml(recipe), trainable_parameters=report.trainable_parameters,
-        extra={"base_fingerprints": fingerprints})
+        base_checkpoint=BASE, recipe=recipe_to_toml(recipe), trainable_parameters=report.trainable_parameters,
+        base_fingerprints=fingerprints).to_metadata()
     path = tmp / f"{kind}-adapter.safetensors"
     pio.save_tensors(path, adapter_state_dict(model), meta)
     return path
@@ -166,7 +166,7 @@ def test_peft_loads_export_of_a_swin_adapter(tmp_path):
     """Swin's classifier sits at head.fc and its attention runs per window: the mapping is not ViT-specific."""
     peft = peft_or_skip()
     from helpers import tiny_swin
-    from pace_cli.adapters.merge import merge_state_dict
+    from pace_cli.adapters import merge_state_dict
 
     base_state = tiny_swin(num_classes=4).state_dict()
     save_file(base_state, str(tmp_path / "swin.safetensors"))
@@ -178,12 +178,12 @@ def test_peft_loads_export_of_a_swin_adapter(tmp_path):
             if p.requires_grad:
                 p.copy_(torch.randn_like(p) * 0.1)
     assert report.head_name == "head.fc"
-    meta = artifacts.adapter_metadata(
+    meta = artifacts.AdapterMetadata(
         kind="lora_add", rank=2, targets=["qkv", "proj", "fc1", "fc2"], layers=report.adapted_layers,
-        head="head.fc", pace={}, timm_model="swin_tiny_patch4_window7_224", timm_kwargs={}, num_classes=3,
-        class_names=None, base_fingerprint=artifacts.base_fingerprint(base_state, "head.fc"),
-        base_checkpoint=str(tmp_path / "swin.safetensors"), recipe_toml="",
-        trainable_parameters=report.trainable_parameters)
+        head="head.fc", timm_model="swin_tiny_patch4_window7_224", num_classes=3,
+        base_fingerprint=artifacts.base_fingerprint(base_state, "head.fc"),
+        base_checkpoint=str(tmp_path / "swin.safetensors"),
+        trainable_parameters=report.trainable_parameters).to_metadata()
     adapter = tmp_path / "swin-adapter.safetensors"
     pio.save_tensors(adapter, adapter_state_dict(model), meta)
     export_peft(adapter, tmp_path / "peft")
@@ -265,9 +265,9 @@ def test_round_trip_pace_peft_pace(tmp_path):
         else:
             assert torch.equal(returned[key], tensor), key
     meta = artifacts.read_adapter(back).metadata
-    assert meta["adapter"]["kind"] == "lora_add" and meta["adapter"]["rank"] == 4
-    assert meta["base_fingerprint"] == artifacts.read_adapter(adapter).metadata["base_fingerprint"]
-    assert meta["class_names"] == [str(i) for i in range(CLASSES)]  # carried in the export's metadata
+    assert meta.kind == "lora_add" and meta.rank == 4
+    assert meta.base_fingerprint == artifacts.read_adapter(adapter).metadata.base_fingerprint
+    assert meta.class_names == [str(i) for i in range(CLASSES)]  # carried in the export's metadata
     assert max_diff(logits(merged_model(tmp_path, back)[0]), logits(merged_model(tmp_path, adapter)[0])) <= TOLERANCE
 
 
@@ -448,10 +448,10 @@ def test_imported_adapter_records_what_it_holds(tmp_path):
     quickstart = load_recipe(ROOT / "recipes" / "quickstart.toml")  # [adapter] says lora_mul+vpt_add, rank 8
     import_peft(tmp_path / "peft", tmp_path / "back.safetensors", quickstart)
     meta = artifacts.read_adapter(tmp_path / "back.safetensors").metadata
-    recorded = load_recipe_text(tmp_path, meta["recipe"])
+    recorded = load_recipe_text(tmp_path, meta.recipe)
     assert (recorded.adapter.kind, recorded.adapter.rank) == ("lora_add", 3)
-    assert meta["adapter"]["layers"] == list(recorded.adapter.targets) and len(meta["adapter"]["layers"]) == 24
-    assert meta["imported_from"]["format"] == "peft" and meta["imported_from"]["scaling"] == 1.0
+    assert meta.layers == list(recorded.adapter.targets) and len(meta.layers) == 24
+    assert meta.imported_from["format"] == "peft" and meta.imported_from["scaling"] == 1.0
 
 
 def load_recipe_text(tmp: Path, text: str):

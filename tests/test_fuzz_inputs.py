@@ -109,7 +109,7 @@ def peft_parts(tmp_path_factory):
 @FUZZ
 @given(config=_config, raw=st.one_of(st.none(), st.binary(max_size=40)))
 def test_fuzz_peft_folders(peft_parts, config, raw):
-    from pace_cli.artifacts.peft import import_peft
+    from pace_cli.artifacts import import_peft
 
     weights, recipe = peft_parts
     work = Path(tempfile.mkdtemp())

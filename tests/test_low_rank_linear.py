@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from helpers import tiny_swin, tiny_vit
-from pace_cli.adapters.layer import AdaptedLinear, AdapterConfig, adapter_state_dict, adapted_layers, inject_adapters
+from pace_cli.adapters import AdaptedLinear, AdapterConfig, adapter_state_dict, adapted_layers, inject_adapters
 from pace_cli.adapters.factored import low_rank_linear
-from pace_cli.adapters.merge import merge_state_dict
+from pace_cli.adapters import merge_state_dict
 
 
 def _dense_reference(x, w0, b0, a, b, db, z):

@@ -3,9 +3,10 @@ import torch
 from torch import nn
 
 from helpers import tiny_swin, tiny_vit
-from pace_cli.adapters.layer import ADAPTER_KINDS, AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli.adapters.kinds import KINDS
 from pace_cli.errors import PaceError
-from pace_cli.adapters.merge import merge_layer, merge_state_dict
+from pace_cli.adapters import merge_layer, merge_state_dict
 from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
 
 MERGE_ERRORS: dict[str, float] = {}
@@ -32,7 +33,7 @@ def train_a_little(factory, kind, steps=4):
 
 
 @pytest.mark.parametrize("arch,factory", [("vit", tiny_vit), ("swin", tiny_swin)])
-@pytest.mark.parametrize("kind", ADAPTER_KINDS)
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_merged_plain_model_matches_adapted_model(arch, factory, kind):
     base_state, model = train_a_little(factory, kind)
     adapter = adapter_state_dict(model)

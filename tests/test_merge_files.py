@@ -1,5 +1,6 @@
 """File-to-file merging: the streaming safetensors writer, the plain-read base and merge_files."""
 
+import dataclasses
 import json
 import random
 import struct
@@ -10,10 +11,11 @@ from safetensors.torch import load_file
 
 import pace_cli.files.tensors as pio
 from helpers import tiny_vit
-from pace_cli.artifacts import core as artifacts
-from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli import artifacts
+from pace_cli.artifacts import streaming_merge
+from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
 from pace_cli.errors import PaceError
-from pace_cli.adapters.merge import merge_state_dict
+from pace_cli.adapters import merge_state_dict
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -141,11 +143,11 @@ def _make_files(tmp_path, dtype=torch.float32, kind=KIND):
         for p in model.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn_like(p.float()).to(p.dtype) * 0.1)
-    meta = artifacts.adapter_metadata(
+    meta = artifacts.AdapterMetadata(
         kind=kind, rank=3, targets=["qkv", "proj", "fc1", "fc2"], layers=report.adapted_layers, head="head",
-        pace={}, timm_model="vit_tiny_patch16_224", timm_kwargs={}, num_classes=3, class_names=None,
-        base_fingerprint=artifacts.base_fingerprint(base_state, "head"), base_checkpoint=None, recipe_toml="",
-        trainable_parameters=report.trainable_parameters)
+        timm_model="vit_tiny_patch16_224", num_classes=3,
+        base_fingerprint=artifacts.base_fingerprint(base_state, "head"),
+        trainable_parameters=report.trainable_parameters).to_metadata()
     adapter = tmp_path / "adapter.safetensors"
     state = {k: v.float() for k, v in adapter_state_dict(model).items()}  # adapters are saved in float32
     pio.save_tensors(adapter, state, meta)
@@ -198,7 +200,7 @@ def test_merge_files_refuses_other_base_without_writing(tmp_path):
 def test_merge_files_fingerprint_while_reading_equals_separate_pass(tmp_path):
     base, _, base_state, _ = _make_files(tmp_path)
     with artifacts.LazySafetensors(base) as lazy:
-        view = artifacts._FingerprintWhileReading(lazy, "head")
+        view = streaming_merge._FingerprintWhileReading(lazy, "head")
         for key in reversed(list(lazy)[::2]):  # out of order, and half of it unread
             view[key]
         assert view.result() == artifacts.base_fingerprint(base_state, "head")
@@ -214,3 +216,16 @@ def test_merge_files_error_during_merge_leaves_nothing(tmp_path):
     with pytest.raises(PaceError, match="NaN"):
         artifacts.merge_files(base, bad_path, out)
     assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_merge_files_refuses_an_adapter_that_records_no_base_unless_forced(tmp_path):
+    base, adapter, base_state, adapter_state = _make_files(tmp_path)
+    bare = tmp_path / "bare.safetensors"
+    meta = artifacts.read_adapter(adapter).metadata
+    pio.save_tensors(bare, adapter_state, dataclasses.replace(meta, base_fingerprint="").to_metadata())
+    out = tmp_path / "merged.safetensors"
+    with pytest.raises(PaceError, match="records no base fingerprint.*; pass --force to merge anyway"):
+        artifacts.merge_files(base, bare, out)
+    assert not out.exists() and _leftovers(tmp_path) == []
+    report = artifacts.merge_files(base, bare, out, force=True)
+    assert not report.fingerprint_ok and artifacts.read_file_metadata(out)["fingerprint_checked"] is False

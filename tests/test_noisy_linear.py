@@ -5,7 +5,7 @@ import torch
 
 from helpers import tiny_swin, tiny_vit
 from pace_cli.adapters import fused as nl
-from pace_cli.adapters.layer import AdaptedLinear, AdapterConfig, inject_adapters
+from pace_cli.adapters import AdaptedLinear, AdapterConfig, inject_adapters
 from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
 
 

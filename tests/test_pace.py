@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from helpers import tiny_swin, tiny_vit
-from pace_cli.adapters.layer import AdaptedLinear, AdapterConfig, inject_adapters
+from pace_cli.adapters import AdaptedLinear, AdapterConfig, inject_adapters
 from pace_cli.errors import PaceError
 from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer, fp_distance, sigma_schedule
 

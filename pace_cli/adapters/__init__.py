@@ -1,4 +1,5 @@
-"""Adapters: the one delta function, the kind registry, the adapted layer and its training paths, merge.
+"""Adapters: the kind registry, the one delta function, the adapted layer and its training paths,
+injection into timm models, PACE noise, merge.
 
 The face of the package: names other packages use, loaded on first access (PEP 562), so
 importing one light submodule never pulls in the heavy ones (torch) behind the others.
@@ -7,38 +8,35 @@ importing one light submodule never pulls in the heavy ones (torch) behind the o
 from importlib import import_module
 
 _EXPORTS = {
+    "adapter_delta": "delta",
     "low_rank_linear": "factored",
     "CHUNK_ELEMENTS": "fused",
     "MIN_TOKENS_PER_SAMPLE": "fused",
     "noisy_linear": "fused",
     "worth_fusing": "fused",
+    "AdapterConfig": "inject",
+    "DEFAULT_TARGETS": "inject",
+    "InjectionReport": "inject",
+    "adapted_layers": "inject",
+    "adapter_state_dict": "inject",
+    "adapters_disabled": "inject",
+    "find_target_layers": "inject",
+    "head_module_name": "inject",
+    "inject_adapters": "inject",
+    "load_adapter_state_dict": "inject",
     "KINDS": "kinds",
     "KindSpec": "kinds",
-    "ADAPTER_KINDS": "layer",
-    "ADAPTER_TENSOR_NAMES": "layer",
+    "TensorSpec": "kinds",
+    "kind_spec": "kinds",
+    "registered_tensor_names": "kinds",
     "AdaptedLinear": "layer",
-    "AdapterConfig": "layer",
-    "DEFAULT_TARGETS": "layer",
-    "InjectionReport": "layer",
-    "LORA_TENSORS": "layer",
-    "PROMPT_TENSORS": "layer",
-    "adapted_layers": "layer",
-    "adapter_delta": "layer",
-    "adapter_state_dict": "layer",
-    "adapter_tensor_names": "layer",
-    "adapters_disabled": "layer",
-    "draw_noise": "layer",
-    "find_target_layers": "layer",
-    "head_module_name": "layer",
-    "inject_adapters": "layer",
-    "kind_parts": "layer",
-    "load_adapter_state_dict": "layer",
-    "noise_for": "layer",
-    "sample_noise": "layer",
     "iter_merged": "merge",
     "merge_layer": "merge",
     "merge_state_dict": "merge",
     "split_adapter_state": "merge",
+    "draw_noise": "noise",
+    "noise_for": "noise",
+    "sample_noise": "noise",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,26 +1,162 @@
 """The registry of adapter kinds: one row per kind, read by recipe validation and by the adapters.
 
 Torch-free on purpose: recipe validation checks ``[adapter] kind`` against this table without
-importing torch. Adding a kind is one module with its maths plus one row here.
+importing torch. Each kind's maths is written with tensor operators only (``@``, ``*``, ``+``), so
+it runs on whatever tensors it is given; :func:`pace_cli.adapters.adapter_delta` dispatches to
+it for training, unmerged evaluation and merging alike. Every lookup reads ``KINDS`` when it is
+made, so a row added at run time is a kind like the built-in ones: adding a kind is one module
+with its maths plus one row here (``tests/toy_kind.py`` does exactly that).
+
+The adapter file format rests on the tensor names of these rows: for an adapted layer at module
+path ``P`` a tensor ``name`` is stored as ``P.name``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Literal
+
+from pace_cli.errors import PaceError
+
+# A dimension of an adapter tensor: the layer's input or output width, the adapter rank, or a fixed size.
+Dim = Literal["d_in", "d_out", "rank"] | int
+# (W0, b0, tensors by local name) -> (ΔW, Δb), None standing for an exact zero.
+DeltaFunction = Callable[[Any, Any, Mapping[str, Any]], tuple[Any, Any]]
+# How the noisy training forward runs (see AdaptedLinear.forward):
+#   factored  ΔW = lora_B @ lora_A and Δb = delta_bias, run as B (A x) without forming ΔW
+#   fused     ΔW is full rank: per-sample weights W0 + diag(z) ΔW, one batched matmul
+#   dense     h0(x) + z ⊙ (ΔW x + Δb) as written (e.g. a kind whose ΔW is zero)
+TrainingPath = Literal["factored", "fused", "dense"]
+FACTORED_TENSORS = ("lora_A", "lora_B")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One trainable tensor of an adapted layer: local name, shape and initial value.
+
+    Every kind starts at ΔW = Δb = 0: one factor of each product is zeros, the other Xavier-uniform.
+    """
+
+    name: str
+    shape: tuple[Dim, ...]
+    init: Literal["zeros", "xavier"]
+    # A bias shift of the layer's own bias: left out on a layer without one (see KindSpec.tensor_names).
+    only_with_bias: bool = False
+
+    def shape_for(self, d_in: int, d_out: int, rank: int | None) -> tuple[int | None, ...]:
+        sizes = {"d_in": d_in, "d_out": d_out, "rank": rank}
+        return tuple(sizes[dim] if isinstance(dim, str) else dim for dim in self.shape)
 
 
 @dataclass(frozen=True)
 class KindSpec:
-    """What pace knows about one adapter kind (fields grow with the registry)."""
+    """What pace knows about one adapter kind."""
 
     name: str
+    tensors: tuple[TensorSpec, ...]
+    delta: DeltaFunction
+    training: TrainingPath = "dense"
+    # The kind moves the bias through W0 (VPT's Δb = W0 p): a layer without a bias cannot hold it.
+    needs_bias: bool = False
+    # Why PEFT cannot express the kind exactly; None for a plain LoRA (ΔW = lora_B lora_A, Δb = delta_bias).
+    peft_refusal: str | None = "PEFT has no exact equivalent"
 
+    def __post_init__(self):
+        names = [t.name for t in self.tensors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapter kind {self.name!r} names a tensor twice: {names}")
+        plain_lora = self.training == "factored" or self.peft_refusal is None
+        if plain_lora and not set(FACTORED_TENSORS) <= set(names):
+            raise ValueError(f"adapter kind {self.name!r} is run or exported as a plain LoRA, so it needs "
+                             f"tensors {FACTORED_TENSORS}")
+
+    def tensor_names(self, has_bias: bool) -> tuple[str, ...]:
+        """The tensors a layer of this kind owns.
+
+        A bias-less base layer gets no bias shift: for ``lora_mul`` the term b0 * delta_bias is
+        zero anyway, and for ``lora_add`` it would add a bias the base architecture cannot hold,
+        so the merged file would stop being a plain checkpoint of that architecture.
+        """
+        if self.needs_bias and not has_bias:
+            # VPT's whole effect is a bias shift W0 p; a layer without a bias has nowhere to keep
+            # it after merging, and silently dropping it would change the model.
+            others = " or ".join(name for name, spec in KINDS.items() if not spec.needs_bias)
+            raise PaceError(f"adapter kind {self.name!r} needs layers with a bias, but a targeted layer has none",
+                            remedy=f"use {others}, or leave that layer out of [adapter] targets")
+        return tuple(t.name for t in self.tensors if has_bias or not t.only_with_bias)
+
+    def shapes(self, d_in: int, d_out: int, rank: int | None) -> dict[str, tuple[int | None, ...]]:
+        return {t.name: t.shape_for(d_in, d_out, rank) for t in self.tensors}
+
+    def rank_of(self, tensors: Mapping[str, Any]) -> int | None:
+        """The rank the given tensors were made with: read off the first one with a rank dimension."""
+        for spec in self.tensors:
+            tensor = tensors.get(spec.name)
+            if tensor is not None and "rank" in spec.shape and len(tensor.shape) == len(spec.shape):
+                return int(tensor.shape[spec.shape.index("rank")])
+        return None
+
+
+def kind_spec(kind: str) -> KindSpec:
+    spec = KINDS.get(kind)
+    if spec is None:
+        raise PaceError(f"unknown adapter kind {kind!r}", remedy=f"choose one of {', '.join(KINDS)}")
+    return spec
+
+
+def registered_tensor_names() -> frozenset[str]:
+    """Local names of every adapter tensor of every registered kind (what is not a base tensor)."""
+    return frozenset(t.name for spec in KINDS.values() for t in spec.tensors)
+
+
+# ---------------------------------------------------------------- the built-in kinds (pace-method.md §1)
+
+
+def lora_add_delta(weight, bias, tensors):
+    """ΔW = B A, Δb = db."""
+    return tensors["lora_B"] @ tensors["lora_A"], tensors.get("delta_bias")
+
+
+def lora_mul_delta(weight, bias, tensors):
+    """ΔW = W0 ⊙ (B A), Δb = b0 ⊙ db (zero without a base bias)."""
+    delta_b = tensors.get("delta_bias")
+    return weight * (tensors["lora_B"] @ tensors["lora_A"]), (None if delta_b is None or bias is None
+                                                             else bias * delta_b)
+
+
+def vpt_add_delta(weight, bias, tensors):
+    """ΔW = 0, Δb = W0 (Pd Pu): a prompt p = Pd Pu [d_in] seen through the frozen weight."""
+    prompt_vector = (tensors["prompt_B"] @ tensors["prompt_A"]).squeeze(-1)
+    return None, weight @ prompt_vector
+
+
+def lora_mul_vpt_add_delta(weight, bias, tensors):
+    """ΔW = W0 ⊙ (B A), Δb = b0 ⊙ db + W0 (Pd Pu)."""
+    delta_w, delta_b = lora_mul_delta(weight, bias, tensors)
+    _, shift = vpt_add_delta(weight, bias, tensors)
+    return delta_w, shift if delta_b is None else delta_b + shift
+
+
+# Order is parameter order: it fixes the random init sequence and the optimizer state's layout.
+LORA_TENSORS = (
+    TensorSpec("lora_A", ("rank", "d_in"), "xavier"),
+    TensorSpec("lora_B", ("d_out", "rank"), "zeros"),
+    TensorSpec("delta_bias", ("d_out",), "zeros", only_with_bias=True),
+)
+PROMPT_TENSORS = (
+    TensorSpec("prompt_A", ("rank", 1), "xavier"),
+    TensorSpec("prompt_B", ("d_in", "rank"), "zeros"),
+)
+_NOT_LOW_RANK = "its ΔW = W0 ⊙ (B A) is not low rank, so no PEFT LoRA reproduces it"
 
 KINDS: dict[str, KindSpec] = {
     spec.name: spec for spec in (
-        KindSpec("lora_add"),
-        KindSpec("lora_mul"),
-        KindSpec("vpt_add"),
-        KindSpec("lora_mul+vpt_add"),
+        KindSpec("lora_add", LORA_TENSORS, lora_add_delta, training="factored", peft_refusal=None),
+        KindSpec("lora_mul", LORA_TENSORS, lora_mul_delta, training="fused", peft_refusal=_NOT_LOW_RANK),
+        KindSpec("vpt_add", PROMPT_TENSORS, vpt_add_delta, needs_bias=True,
+                 peft_refusal="its Δb = W0 (prompt_B prompt_A) is a prompt, not a LoRA"),
+        KindSpec("lora_mul+vpt_add", LORA_TENSORS + PROMPT_TENSORS, lora_mul_vpt_add_delta, training="fused",
+                 needs_bias=True, peft_refusal=_NOT_LOW_RANK),
     )
 }

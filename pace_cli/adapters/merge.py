@@ -12,17 +12,19 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor
 
-from pace_cli.adapters.layer import ADAPTER_TENSOR_NAMES, adapter_delta, adapter_tensor_names
+from pace_cli.adapters.delta import merged_weight_and_bias
+from pace_cli.adapters.kinds import kind_spec, registered_tensor_names
 from pace_cli.errors import PaceError
 
 
 def split_adapter_state(adapter: Mapping[str, Tensor]) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor]]:
     """Separate an adapter state dict into per-layer adapter tensors and head tensors."""
+    adapter_names = registered_tensor_names()
     layers: dict[str, dict[str, Tensor]] = {}
     head: dict[str, Tensor] = {}
     for key, tensor in adapter.items():
         path, _, local = key.rpartition(".")
-        if local in ADAPTER_TENSOR_NAMES and path:
+        if local in adapter_names and path:
             layers.setdefault(path, {})[local] = tensor
         else:
             head[key] = tensor
@@ -31,35 +33,31 @@ def split_adapter_state(adapter: Mapping[str, Tensor]) -> tuple[dict[str, dict[s
 
 def _check_finite(name: str, tensor: Tensor, what: str) -> None:
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        raise PaceError(f"{what} tensor {name} contains NaN or inf; refusing to merge (was training unstable?)")
+        raise PaceError(f"{what} tensor {name} contains NaN or inf",
+                        remedy="refusing to merge (was training unstable?)")
 
 
 def _check_layer(path: str, kind: str, weight: Tensor, bias: Tensor | None, tensors: Mapping[str, Tensor]) -> None:
+    spec = kind_spec(kind)
+    other_base = "the adapter was trained for another base model"
     if weight.dim() != 2:
-        raise PaceError(f"base tensor {path}.weight has shape {list(weight.shape)}, not a linear layer's; "
-                        "the adapter was trained for another base model")
-    if bias is None and any(name in tensors for name in ("delta_bias", "prompt_A", "prompt_B")):
-        raise PaceError(
-            f"base layer {path} has no bias but the adapter changes its bias; the merged model would "
-            "need a bias the base architecture lacks (pace never drops it silently)"
-        )
-    expected = set(adapter_tensor_names(kind, bias is not None))
+        raise PaceError(f"base tensor {path}.weight has shape {list(weight.shape)}, not a linear layer's",
+                        remedy=other_base)
+    moves_bias = spec.needs_bias or any(t.only_with_bias and t.name in tensors for t in spec.tensors)
+    if bias is None and moves_bias:
+        raise PaceError(f"base layer {path} has no bias but the adapter changes its bias",
+                        remedy="the merged model would need a bias the base architecture lacks "
+                               "(pace never drops it silently)")
+    expected = set(spec.tensor_names(bias is not None))
     if set(tensors) != expected:
-        raise PaceError(
-            f"adapter for {path} has tensors {sorted(tensors)} but kind {kind!r} needs {sorted(expected)}; "
-            "is the file's adapter kind right?"
-        )
+        raise PaceError(f"adapter for {path} has tensors {sorted(tensors)} but kind {kind!r} needs {sorted(expected)}",
+                        remedy="is the file's adapter kind right?")
     d_out, d_in = weight.shape
-    lora_rank = tensors["lora_A"].shape[0] if "lora_A" in tensors else None
-    prompt_rank = tensors["prompt_A"].shape[0] if "prompt_A" in tensors else None
-    shapes = {"lora_A": (lora_rank, d_in), "lora_B": (d_out, lora_rank), "delta_bias": (d_out,),
-              "prompt_B": (d_in, prompt_rank), "prompt_A": (prompt_rank, 1)}
+    shapes = spec.shapes(d_in, d_out, spec.rank_of(tensors))
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != shapes[name]:
-            raise PaceError(
-                f"adapter tensor {path}.{name} has shape {list(tensor.shape)} but base weight {path}.weight is "
-                f"{list(weight.shape)} (expected {list(shapes[name])}); the adapter was trained for another base model"
-            )
+            raise PaceError(f"adapter tensor {path}.{name} has shape {list(tensor.shape)} but base weight "
+                            f"{path}.weight is {list(weight.shape)} (expected {list(shapes[name])})", remedy=other_base)
         _check_finite(f"{path}.{name}", tensor, "adapter")
 
 
@@ -67,11 +65,8 @@ def merge_layer(kind: str, weight: Tensor, bias: Tensor | None, tensors: Mapping
                 path: str = "layer") -> tuple[Tensor, Tensor | None]:
     """Merged (W, b) of one layer, computed in float32 and returned in the base dtype."""
     _check_layer(path, kind, weight, bias, tensors)
-    w32 = weight.float()
-    b32 = bias.float() if bias is not None else None
-    delta_w, delta_b = adapter_delta(kind, w32, b32, {k: v.float() for k, v in tensors.items()})
-    merged_w = w32 if delta_w is None else w32 + delta_w
-    merged_b = b32 if delta_b is None else b32 + delta_b
+    merged_w, merged_b = merged_weight_and_bias(kind, weight.float(), bias.float() if bias is not None else None,
+                                                {k: v.float() for k, v in tensors.items()})
     _check_finite(f"{path}.weight", merged_w, "merged")
     if merged_b is not None:
         _check_finite(f"{path}.bias", merged_b, "merged")
@@ -89,10 +84,8 @@ def iter_merged(base: Mapping[str, Tensor], adapter: Mapping[str, Tensor], kind:
     key_set = set(base_keys)
     for path in layers:
         if f"{path}.weight" not in key_set:
-            raise PaceError(
-                f"the adapter adapts layer {path}, but the base checkpoint has no {path}.weight; "
-                "the adapter was trained for another base model"
-            )
+            raise PaceError(f"the adapter adapts layer {path}, but the base checkpoint has no {path}.weight",
+                            remedy="the adapter was trained for another base model")
     head_dtype = None
     for key in base_keys:
         path, _, local = key.rpartition(".")

@@ -1,4 +1,5 @@
-"""What pace writes as products: adapter and merged files, the streaming merge, PEFT export/import.
+"""What pace writes as products: adapter files and their typed metadata, merged files made by the
+streaming merge, PEFT export/import.
 
 The face of the package: names other packages use, loaded on first access (PEP 562), so
 importing one light submodule never pulls in the heavy ones (torch) behind the others.
@@ -7,36 +8,37 @@ importing one light submodule never pulls in the heavy ones (torch) behind the o
 from importlib import import_module
 
 _EXPORTS = {
+    "AdapterFile": "adapter_file",
+    "MERGED_FORMAT": "adapter_file",
+    "file_role": "adapter_file",
+    "read_adapter": "adapter_file",
+    "read_file_metadata": "adapter_file",
     "export_base_weights": "base",
-    "ADAPTER_FORMAT": "core",
-    "AdapterFile": "core",
-    "LazySafetensors": "core",
-    "MERGED_FORMAT": "core",
-    "MergeReport": "core",
-    "adapter_metadata": "core",
-    "base_fingerprint": "core",
-    "expected_fingerprint": "core",
-    "file_role": "core",
-    "merge_files": "core",
-    "read_adapter": "core",
-    "read_file_metadata": "core",
     "describe_file": "inspect",
-    "EXPORT_FORMATS": "peft",
-    "PACE_METADATA_KEY": "peft",
-    "PEFT_CARD_FILE": "peft",
-    "PEFT_CONFIG_FILE": "peft",
-    "PEFT_EXPORTABLE_KINDS": "peft",
-    "PEFT_KEY_PREFIX": "peft",
-    "PEFT_PICKLED_WEIGHTS_FILE": "peft",
-    "PEFT_WEIGHTS_FILE": "peft",
-    "PeftExportReport": "peft",
-    "PeftFolder": "peft",
-    "PeftImportReport": "peft",
-    "check_can_write_folder": "peft",
-    "export_peft": "peft",
-    "import_peft": "peft",
-    "peft_scaling": "peft",
-    "read_peft_folder": "peft",
+    "ADAPTER_FORMAT": "metadata",
+    "AdapterMetadata": "metadata",
+    "TrainingRecord": "metadata",
+    "PeftExportReport": "peft_export",
+    "check_can_write_folder": "peft_export",
+    "export_peft": "peft_export",
+    "EXPORT_FILES": "peft_format",
+    "EXPORT_FORMATS": "peft_format",
+    "PACE_METADATA_KEY": "peft_format",
+    "PEFT_CARD_FILE": "peft_format",
+    "PEFT_CONFIG_FILE": "peft_format",
+    "PEFT_KEY_PREFIX": "peft_format",
+    "PEFT_PICKLED_WEIGHTS_FILE": "peft_format",
+    "PEFT_WEIGHTS_FILE": "peft_format",
+    "PeftFolder": "peft_import",
+    "PeftImportReport": "peft_import",
+    "import_peft": "peft_import",
+    "peft_scaling": "peft_import",
+    "read_peft_folder": "peft_import",
+    "LazySafetensors": "streaming_merge",
+    "MergeReport": "streaming_merge",
+    "base_fingerprint": "streaming_merge",
+    "merge_files": "streaming_merge",
+    "stored_dtype": "streaming_merge",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from pace_cli import files
-from pace_cli.artifacts.core import file_role, read_file_metadata
+from pace_cli.artifacts.adapter_file import file_role, read_file_metadata
+from pace_cli.artifacts.metadata import AdapterMetadata
 
 
 def describe_file(path: Path) -> dict[str, Any]:
@@ -19,15 +20,15 @@ def describe_file(path: Path) -> dict[str, Any]:
     common = {"role": role, "file_bytes": size, "file_size": files.human_size(size), "tensors": len(tensors),
               "parameters": parameters}
     if role == "adapter":
-        spec = metadata.get("adapter", {})
+        meta = AdapterMetadata.from_metadata(metadata, source=str(path))
         return {
-            **common, "kind": spec.get("kind"), "rank": spec.get("rank"), "targets": spec.get("targets"),
-            "trainable_parameters": parameters, "pace": metadata.get("pace"), "timm_model": metadata.get("timm_model"),
-            "timm_kwargs": metadata.get("timm_kwargs"), "num_classes": metadata.get("num_classes"),
-            "class_names": metadata.get("class_names"), "base_fingerprint": metadata.get("base_fingerprint"),
-            "base_checkpoint": metadata.get("base_checkpoint"), "val_top1": metadata.get("val_top1"),
-            "format_version": metadata.get("format_version"), "created_by": metadata.get("created_by"),
-            "layers": spec.get("layers", []), "recipe": metadata.get("recipe"),
+            **common, "kind": meta.kind, "rank": meta.rank, "targets": meta.targets,
+            "trainable_parameters": parameters, "pace": meta.pace, "timm_model": meta.timm_model,
+            "timm_kwargs": meta.timm_kwargs, "num_classes": meta.num_classes,
+            "class_names": meta.class_names, "base_fingerprint": meta.base_fingerprint,
+            "base_checkpoint": meta.base_checkpoint, "val_top1": meta.training.val_top1 if meta.training else None,
+            "format_version": metadata.get("format_version"), "created_by": meta.created_by,
+            "layers": meta.layers, "recipe": meta.recipe,
         }
     dtypes = Counter(dtype for dtype, _ in tensors.values())
     return {**common, "dtypes": dict(dtypes), "metadata": metadata,

@@ -231,7 +231,7 @@ def merge(
     def action():
         import time
 
-        from pace_cli.artifacts.core import merge_files
+        from pace_cli.artifacts import merge_files
         from pace_cli.models import resolve_checkpoint
 
         base_path = resolve_checkpoint(base) if base.startswith("builtin:") else Path(base)
@@ -420,7 +420,7 @@ def export(
     """
     def action():
         from pace_cli.errors import PaceError
-        from pace_cli.artifacts.peft import EXPORT_FORMATS, export_peft
+        from pace_cli.artifacts import EXPORT_FORMATS, export_peft
 
         if format_ not in EXPORT_FORMATS:
             raise PaceError(f"--format {format_!r} is not supported; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -453,7 +453,7 @@ def import_peft(
     Example: [bold]pace import-peft runs/qs/peft --recipe recipes/quickstart.toml -o runs/qs/imported.safetensors[/]
     """
     def action():
-        from pace_cli.artifacts.peft import import_peft as run_import
+        from pace_cli.artifacts import import_peft as run_import
         from pace_cli.recipe import load_recipe
 
         report = run_import(folder, output, load_recipe(recipe, set_ or ()), overwrite=overwrite)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pace_cli import distributed
-from pace_cli.adapters.layer import adapted_layers, adapters_disabled, head_module_name, sample_noise
+from pace_cli.adapters import adapted_layers, adapters_disabled, head_module_name, sample_noise
 from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import PaceVariant

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from pace_cli import distributed
-from pace_cli.artifacts import core as artifacts
+from pace_cli.artifacts.metadata import AdapterMetadata, TrainingRecord
 from pace_cli import files
-from pace_cli.adapters.layer import InjectionReport, adapter_state_dict, load_adapter_state_dict
+from pace_cli.adapters import InjectionReport, adapter_state_dict, load_adapter_state_dict
 from pace_cli.training.checkpoint import (
     CHECKPOINT_FILE, Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
 )
@@ -441,18 +441,18 @@ def _adapter_metadata(recipe: Recipe, report: InjectionReport, fingerprints: dic
                       val_result: EvalResult | None, steps: int, world: distributed.World) -> dict[str, Any]:
     """What the adapter file says about how it was made."""
     p = recipe.pace
-    return artifacts.adapter_metadata(
+    return AdapterMetadata(
         kind=recipe.adapter.kind, rank=recipe.adapter.rank, targets=list(recipe.adapter.targets),
-        layers=report.adapted_layers, head=report.head_name,
+        layers=report.adapted_layers, head=report.head_name, timm_model=recipe.model.name,
+        num_classes=len(names), base_fingerprint=fingerprints["float32"],
+        trainable_parameters=report.trainable_parameters,
         pace={"variant": p.variant, "lambda": p.lambda_, "sigma": p.sigma, "lazy_interval": p.lazy_interval,
               "noise_free_blocks": p.noise_free_blocks},
-        timm_model=recipe.model.name, timm_kwargs=timm_kwargs(recipe), num_classes=len(names),
-        class_names=names, base_fingerprint=fingerprints["float32"], base_checkpoint=recipe.model.checkpoint,
-        recipe_toml=recipe_to_toml(recipe), trainable_parameters=report.trainable_parameters,
-        extra={"base_fingerprints": fingerprints, "val_top1": val_result.top1 if val_result else None,
-               "epochs": recipe.train.epochs, "steps": steps, "recipe_json": recipe_to_dict(recipe),
-               "world_size": world.size},
-    )
+        timm_kwargs=timm_kwargs(recipe), class_names=names, base_checkpoint=recipe.model.checkpoint or "",
+        recipe=recipe_to_toml(recipe), base_fingerprints=fingerprints,
+        training=TrainingRecord(val_top1=val_result.top1 if val_result else None, epochs=recipe.train.epochs,
+                                steps=steps, recipe_json=recipe_to_dict(recipe), world_size=world.size),
+    ).to_metadata()
 
 
 @contextmanager

@@ -1,8 +1,7 @@
-"""The files pace writes: adapter files with their metadata, and merged checkpoints made file to file."""
+"""``pace merge``: an adapter folded into a base safetensors file, file to file, about one layer in memory."""
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from collections.abc import Iterator, Mapping
@@ -15,99 +14,9 @@ from torch import Tensor
 
 from pace_cli import __version__
 from pace_cli import files
+from pace_cli.adapters import iter_merged, split_adapter_state
+from pace_cli.artifacts.adapter_file import MERGED_FORMAT, read_adapter
 from pace_cli.errors import PaceError
-from pace_cli.adapters.merge import iter_merged, split_adapter_state
-
-ADAPTER_FORMAT = "pace-adapter"
-MERGED_FORMAT = "pace-merged"
-
-
-@dataclass
-class AdapterFile:
-    """An adapter file's tensors and what its metadata says about how they were made."""
-
-    path: Path
-    tensors: dict[str, Tensor]
-    metadata: dict[str, Any]
-
-    @property
-    def kind(self) -> str:
-        return self.metadata["adapter"]["kind"]
-
-    @property
-    def head_name(self) -> str:
-        return self.metadata["head"]
-
-
-def adapter_metadata(*, kind: str, rank: int, targets: list[str], layers: list[str], head: str,
-                     pace: Mapping[str, Any], timm_model: str, timm_kwargs: Mapping[str, Any],
-                     num_classes: int, class_names: list[str] | None, base_fingerprint: str,
-                     base_checkpoint: str | None, recipe_toml: str, trainable_parameters: int,
-                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "format": ADAPTER_FORMAT,
-        "format_version": files.FORMAT_VERSION,
-        "created_by": f"pace {__version__}",
-        "adapter": {"kind": kind, "rank": rank, "targets": list(targets), "layers": list(layers)},
-        "head": head,
-        "pace": dict(pace),
-        "timm_model": timm_model,
-        "timm_kwargs": dict(timm_kwargs),
-        "num_classes": num_classes,
-        "class_names": class_names or [],
-        "base_fingerprint": base_fingerprint,
-        "base_checkpoint": base_checkpoint or "",
-        "trainable_parameters": trainable_parameters,
-        "recipe": recipe_toml,
-    }
-    meta.update(extra or {})
-    return meta
-
-
-def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
-    decoded: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            decoded[key] = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
-            decoded[key] = value
-    # a plain string such as a recipe or a name stays a string even if it happens to parse as JSON
-    for key in ("recipe", "timm_model", "head", "base_fingerprint", "base_checkpoint", "format", "created_by"):
-        if key in raw:
-            decoded[key] = raw[key]
-    return decoded
-
-
-def read_file_metadata(path: str | Path) -> dict[str, Any]:
-    return _decode(files.read_metadata(path))
-
-
-def file_role(metadata: Mapping[str, Any]) -> str:
-    fmt = metadata.get("format")
-    if fmt == ADAPTER_FORMAT:
-        return "adapter"
-    if fmt == MERGED_FORMAT:
-        return "merged"
-    return "base"
-
-
-def read_adapter(path: str | Path) -> AdapterFile:
-    path = Path(path)
-    metadata = read_file_metadata(path)
-    role = file_role(metadata)
-    if role != "adapter":
-        raise PaceError(
-            f"'{path}' is a {role} checkpoint, not a pace adapter file; pass the adapter.safetensors "
-            "that `pace train` wrote"
-        )
-    version = str(metadata.get("format_version"))
-    if version != files.FORMAT_VERSION:
-        raise PaceError(f"'{path}' uses adapter format version {version}; this pace reads version "
-                        f"{files.FORMAT_VERSION} (upgrade pace)")
-    for key in ("adapter", "head", "timm_model", "num_classes"):
-        if key not in metadata:
-            raise PaceError(f"'{path}' lacks the '{key}' metadata entry; the adapter file is damaged")
-    return AdapterFile(path, files.load_tensors(path), metadata)
 
 
 class LazySafetensors(Mapping):
@@ -216,21 +125,18 @@ class _FingerprintWhileReading(Mapping):
             self._thread.join()
 
 
-_HALF_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16"}
-_FLOAT_CODES = {"F64", "F32", "BF16", "F16"}
+_FLOAT_DTYPES = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
-def expected_fingerprint(metadata: Mapping[str, Any], base: LazySafetensors) -> str:
-    """The fingerprint the base must have, given the precision it is stored in.
+def stored_dtype(base: LazySafetensors, head_name: str) -> str:
+    """The float precision a base file keeps its weights in (its head aside); 'mixed' for none or several.
 
-    Adapters record the fingerprint of their base as trained (float32) and of the same base
-    rounded to bfloat16 and float16, so a half-precision copy of the right base is recognised
-    without ``--force``.
+    The adapter records a fingerprint of its base for each rounding (float32, bfloat16, float16),
+    so a half-precision copy of the right base is recognised without ``--force``.
     """
-    codes = {base.info(key)[0] for key in base if not key.startswith(metadata["head"] + ".")} & _FLOAT_CODES
-    by_dtype = metadata.get("base_fingerprints") or {}
-    half = _HALF_DTYPE_NAMES.get(next(iter(codes))) if len(codes) == 1 else None
-    return by_dtype.get(half) or metadata.get("base_fingerprint", "")
+    prefix = head_name + "."
+    codes = {base.info(key)[0] for key in base if not key.startswith(prefix)} & set(_FLOAT_DTYPES)
+    return _FLOAT_DTYPES[codes.pop()] if len(codes) == 1 else "mixed"
 
 
 def base_fingerprint(base: Mapping[str, Tensor], head_name: str) -> str:
@@ -285,10 +191,15 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
         raise PaceError(f"base '{base_path}' must be a .safetensors file; convert it with "
                         "`pace export-base RECIPE --output base.safetensors`")
     layers, head = split_adapter_state(adapter.tensors)
+    recorded = adapter.metadata
+    if not force and not recorded.records_base:
+        raise PaceError(f"'{adapter.path.name}' records no base fingerprint, so pace cannot tell whether "
+                        f"'{base_path}' is its base", remedy="pass --force to merge anyway")
 
     with LazySafetensors(base_path) as base:
         entries = _merged_entries(base, head)
-        expected = expected_fingerprint(adapter.metadata, base)
+        dtype = stored_dtype(base, adapter.head_name)
+        expected = recorded.expected_fingerprint(dtype)
         source: Mapping[str, Tensor] = base
         if force:
             # The header, written first, records the actual fingerprint: so it needs its own pass.
@@ -297,16 +208,16 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
             # Only a match gets written, so the header can state the expected fingerprint now.
             source = checked = _FingerprintWhileReading(base, adapter.head_name)
             actual = expected
-        fingerprint_ok = actual == expected
+        fingerprint_ok = recorded.matches_base(actual, dtype)
 
         def produce() -> Iterator[tuple[str, Tensor]]:
             yield from iter_merged(source, adapter.tensors, adapter.kind)
             if not force:
                 found = checked.result()
-                if found != expected:  # raised inside the writer: the temporary file is removed
+                if not recorded.matches_base(found, dtype):  # raised inside the writer: the temporary file is removed
                     raise PaceError(
                         f"'{base_path}' is not the base '{adapter.path.name}' was trained on (fingerprint "
-                        f"{found[:19]}… vs {expected[:19]}…); pass --force to merge anyway"
+                        f"{found[:19]}… vs {expected[:19]}…)", remedy="pass --force to merge anyway"
                     )
 
         meta = {
@@ -314,12 +225,12 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
             "format_version": files.FORMAT_VERSION,
             "created_by": f"pace {__version__}",
             "merged_from": {"base": Path(base_path).name, "adapter": adapter.path.name},
-            "adapter": adapter.metadata["adapter"],
-            "pace": adapter.metadata.get("pace", {}),
-            "timm_model": adapter.metadata["timm_model"],
-            "timm_kwargs": adapter.metadata.get("timm_kwargs", {}),
-            "num_classes": adapter.metadata["num_classes"],
-            "class_names": adapter.metadata.get("class_names", []),
+            "adapter": recorded.adapter_entry(),
+            "pace": recorded.pace,
+            "timm_model": recorded.timm_model,
+            "timm_kwargs": recorded.timm_kwargs,
+            "num_classes": recorded.num_classes,
+            "class_names": recorded.class_names,
             "base_fingerprint": actual,
             "fingerprint_checked": fingerprint_ok,
             "head": adapter.head_name,
