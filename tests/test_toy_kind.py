@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import toy_kind
-from conftest import tiny_vit
+from helpers import tiny_vit
 from pace_cli import artifacts, files
 from pace_cli.adapters.kinds import KINDS
 from pace_cli.artifacts.base import export_base_weights
