@@ -496,7 +496,7 @@ def render_check(report) -> None:
     if report.steps_per_epoch is not None:
         table.add_row("steps", f"{report.steps_per_epoch} per epoch (batch {report.batch_size}), {report.total_steps} in all")
     if report.memory:
-        from pace_cli.files.tensors import human_size
+        from pace_cli.files.sizes import human_size
 
         m = report.memory
         table.add_row("memory / step", f"~{human_size(m.total_bytes)}: activations {human_size(m.activation_bytes)} "
