@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 
 runner = CliRunner()
 

@@ -20,7 +20,7 @@ from pace_cli.artifacts import core as artifacts
 from pace_cli.files import atomic, header
 from pace_cli.files import tensors as pio
 from pace_cli.adapters.layer import AdapterConfig, adapter_state_dict, inject_adapters
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.artifacts.peft import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
 from pace_cli.models import base_fingerprints, resolve_checkpoint
 from pace_cli.recipe.schema import load_recipe, recipe_to_toml

@@ -28,7 +28,7 @@ from pace_cli import models
 from pace_cli.files import lock
 from pace_cli.files.layout import CHECKPOINT_FILE
 from pace_cli.training.checkpoint import load_checkpoint
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.errors import PaceError
 
 runner = CliRunner()

@@ -5,7 +5,7 @@ import struct
 import pytest
 from typer.testing import CliRunner
 
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import parse_recipe
 from pace_cli.report import read_run, write_report

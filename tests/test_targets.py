@@ -11,7 +11,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fake_data import make_fake_data
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.data.datasets import PaceDataset
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import load_recipe, parse_recipe, recipe_to_toml
