@@ -360,12 +360,12 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 
 _MAKE_FILES = """
 import sys, torch, timm
-from pace_cli import artifacts, io
+from pace_cli import artifacts, files
 from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
 torch.manual_seed(0)
 model = timm.create_model("vit_base_patch16_224", pretrained=False)
 state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-io.save_tensors(sys.argv[1], state)
+files.save_tensors(sys.argv[1], state)
 report = inject_adapters(model, AdapterConfig(kind=%r, rank=%d), num_classes=%d)
 with torch.no_grad():
     for p in model.parameters():
@@ -376,7 +376,7 @@ meta = artifacts.adapter_metadata(
     timm_model="vit_base_patch16_224", timm_kwargs={}, num_classes=%d, class_names=None,
     base_fingerprint=artifacts.base_fingerprint(state, report.head_name), base_checkpoint=None,
     recipe_toml="", trainable_parameters=report.trainable_parameters)
-io.save_tensors(sys.argv[2], adapter_state_dict(model), meta)
+files.save_tensors(sys.argv[2], adapter_state_dict(model), meta)
 """ % (KIND, RANK, NUM_CLASSES, KIND, RANK, TARGETS, NUM_CLASSES)
 
 
