@@ -11,6 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from pace_cli.cli.common import SetOption, console, print_json
+from pace_cli.errors import PaceError
 
 
 def eval_(
@@ -35,7 +36,6 @@ def eval_(
     From an adapter, as JSON: [bold]pace eval recipes/quickstart.toml --adapter runs/qs/adapter.safetensors --json[/]
     """
     from pace_cli.distributed import is_rank_zero
-    from pace_cli.errors import PaceError
     from pace_cli.evaluation import evaluate_recipe, evaluate_targets
     from pace_cli.recipe.schema import load_recipe
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pace_cli.cli.common import SetOption, console, print_json
+from pace_cli.errors import PaceError
 
 _FINGERPRINT_IGNORED = " [yellow](fingerprint mismatch ignored: --force)[/]"
 
@@ -27,7 +28,6 @@ def merge(
     import time
 
     from pace_cli.artifacts.core import merge_files
-    from pace_cli.errors import PaceError
     from pace_cli.models import resolve_checkpoint
 
     base_path = resolve_checkpoint(base) if base.startswith("builtin:") else Path(base)
@@ -86,7 +86,6 @@ def export(
     lora_mul and vpt_add adapters have no exact PEFT form: use [bold]pace merge[/] for those.
     """
     from pace_cli.artifacts.peft import EXPORT_FORMATS, export_peft
-    from pace_cli.errors import PaceError
 
     if format_ not in EXPORT_FORMATS:
         raise PaceError(f"--format {format_!r} is not supported; choose one of {', '.join(EXPORT_FORMATS)}")

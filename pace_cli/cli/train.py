@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pace_cli.cli.common import SetOption, console, print_json, warn
+from pace_cli.errors import PaceError
 
 
 class RichTrainLogger:
@@ -81,7 +82,6 @@ def train(
     with any number of processes.
     """
     from pace_cli import distributed
-    from pace_cli.errors import PaceError
     from pace_cli.recipe.schema import ineffective_settings, load_recipe
     from pace_cli.training.loop import TrainingInterrupted, train as run_training
 
