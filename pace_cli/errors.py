@@ -30,18 +30,23 @@ class PaceError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
+        return one_line(self._sentence())
+
+    def _sentence(self) -> str:
+        """The parts in their order; a subclass whose message reads in another order overrides this."""
         text = f"{self.where}: {self.what}" if self.where else self.what
-        if self.remedy:
-            text = f"{text}; {self.remedy}"
-        return one_line(text)
+        return f"{text}; {self.remedy}" if self.remedy else text
 
     def with_parts(self, **parts: str | None) -> PaceError:
-        """A copy of this error (same type and exit code) with some of what/where/remedy replaced."""
-        current = {"what": self.what, "where": self.where, "remedy": self.remedy}
-        current.update(parts)
-        copy = PaceError.__new__(type(self))
-        PaceError.__init__(copy, current["what"], where=current["where"], remedy=current["remedy"],
-                           exit_code=self.exit_code)
+        """A copy of this error (same type, exit code and attributes) with some of what/where/remedy replaced."""
+        unknown = set(parts) - {"what", "where", "remedy"}
+        if unknown:
+            raise TypeError(f"with_parts() takes what, where and remedy, not {', '.join(sorted(unknown))}")
+        # not through __init__: a subclass's constructor takes its own arguments (WriteError's path, ...)
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(parts)
+        Exception.__init__(copy, copy.one_line())
         return copy
 
 

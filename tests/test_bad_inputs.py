@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from helpers import tiny_recipe_text
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 
 runner = CliRunner()
 
@@ -415,3 +415,43 @@ def test_out_of_range_values(tmp_path, out_of_range):
 def test_debug_shows_the_traceback(tmp_path):
     result = runner.invoke(app, ["--debug", "inspect", str(tmp_path / "missing.safetensors")])
     assert result.exit_code != 0 and result.exception is not None
+
+
+def test_our_own_bugs_are_one_line_with_exit_1(tmp_path, monkeypatch):
+    import pace_cli.artifacts.inspect as inspect_module
+
+    def broken(path):
+        raise ZeroDivisionError("division by zero\n  somewhere deep")
+    monkeypatch.setattr(inspect_module, "describe_file", broken)
+    result = runner.invoke(app, ["inspect", str(tmp_path / "any.safetensors")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("error: unexpected ZeroDivisionError: division by zero somewhere deep")
+    assert "pace --debug" in lines[0]
+
+
+def test_ctrl_c_outside_training_exits_130(tmp_path, monkeypatch):
+    import pace_cli.artifacts.inspect as inspect_module
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(inspect_module, "describe_file", interrupted)
+    result = runner.invoke(app, ["inspect", str(tmp_path / "any.safetensors")])
+    assert result.exit_code == 130 and "interrupted" in result.output
+
+
+def test_error_parts_render_as_one_line_and_copy_with_their_type():
+    from pace_cli.errors import PaceError
+
+    error = PaceError("bad\n  value", where="invalid recipe 'r.toml'", remedy="fix it", exit_code=3)
+    assert str(error) == error.one_line() == "invalid recipe 'r.toml': bad value; fix it"
+    assert str(PaceError("just a message")) == "just a message"
+
+    class Special(PaceError):
+        pass
+    copy = Special("x", where="here").with_parts(remedy="do this")
+    assert type(copy) is Special and str(copy) == "here: x; do this"
+    again = error.with_parts(what="other")
+    assert again.exit_code == 3 and str(again) == "invalid recipe 'r.toml': other; fix it" and error.what == "bad\n  value"
+    with pytest.raises(TypeError, match="exit_code"):
+        error.with_parts(exit_code=1)

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pace_cli.check import check_recipe, saved_activation_bytes
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.files.tensors import save_tensors
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"

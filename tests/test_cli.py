@@ -1,11 +1,15 @@
+import inspect
 import json
+import re
 from pathlib import Path
 
 import pytest
+import typer
+from rich.text import Text
 from typer.testing import CliRunner
 
 from helpers import tiny_recipe_text
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 
 runner = CliRunner()
 
@@ -162,3 +166,65 @@ def test_half_precision_copy_of_the_base_merges_without_force(tmp_path, dtype):
     result = invoke("merge", tmp_path / "other-half.safetensors", adapter, "-o", tmp_path / "m2.safetensors")
     assert result.exit_code == 2 and "--force" in result.output
     assert not (tmp_path / "m2.safetensors").exists()
+
+
+# ---------------------------------------------------------------- --help reads right
+
+COMMANDS = ["train", "merge", "eval", "inspect", "export-base", "export", "import-peft", "check", "sweep", "report"]
+
+
+def help_text(*command: str, columns: int = 100) -> str:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def docstring_of(command: str) -> str:
+    info = next(i for i in app.registered_commands if (i.name or i.callback.__name__) == command)
+    return inspect.cleandoc(info.callback.__doc__)
+
+
+def test_every_command_is_listed_with_its_help():
+    listed = help_text()
+    for command in COMMANDS:
+        first_line = Text.from_markup(docstring_of(command).split("\n\n")[0]).plain
+        assert re.search(rf"│ {re.escape(command)} +{re.escape(first_line[:40])}", listed), command
+
+
+@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
+def test_flags_show_no_value_in_help(command):
+    # `--json <bool>` reads as if the flag took a value
+    text = help_text(*command)
+    assert "<bool>" not in text
+    assert re.search(r"--help +Show this message and exit", text)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_paragraphs_reflow_instead_of_breaking_where_the_source_wraps(command):
+    # at a width where nothing needs wrapping, each docstring paragraph must come out on one line
+    lines = help_text(command, columns=1000).splitlines()
+    for paragraph in docstring_of(command).split("\n\n"):
+        sentence = Text.from_markup(" ".join(paragraph.split())).plain
+        assert any(sentence in line for line in lines), f"{command}: {sentence!r} is broken across lines"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_recipe_sections_in_help_are_not_eaten_as_markup(command):
+    # rich markup takes an unescaped "[output]" for a style tag and prints nothing
+    click_command = typer.main.get_command(app).commands[command]
+    sources = [docstring_of(command)] + [getattr(p, "help", None) or "" for p in click_command.params]
+    literal = {word for text in sources for word in re.findall(r"\[([\w-]+)\]", text) if not _is_style(word)}
+    text = help_text(command, columns=1000)
+    for word in literal:
+        assert f"[{word}]" in text, f"{command}: [{word}] is missing from --help"
+
+
+def _is_style(word: str) -> bool:
+    from rich.errors import StyleSyntaxError
+    from rich.style import Style
+
+    try:
+        Style.parse(word)
+        return True
+    except StyleSyntaxError:
+        return False

@@ -124,7 +124,7 @@ def test_eval_under_torchrun_matches_one_process(tmp_path):
     recipe_path.write_text(RECIPE.replace("[train]", "[train]\nseed = 1").replace("epochs = 2", "epochs = 1"))
     from typer.testing import CliRunner
 
-    from pace_cli.cli.app import app
+    from pace_cli.cli import app
 
     trained = CliRunner().invoke(app, ["train", str(recipe_path), "-o", str(tmp_path / "run"), "--json"])
     assert trained.exit_code == 0, trained.output
@@ -238,7 +238,7 @@ def test_more_processes_than_gpus_is_refused(monkeypatch):
 def test_nproc_under_torchrun_is_refused(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from pace_cli.cli.app import app
+    from pace_cli.cli import app
 
     recipe_path = tmp_path / "r.toml"
     recipe_path.write_text(RECIPE)

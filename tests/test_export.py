@@ -17,9 +17,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from pace_cli import artifacts
+from pace_cli.files import atomic, header
 from pace_cli.files import tensors as pio
 from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.artifacts import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
 from pace_cli.models import base_fingerprints, resolve_checkpoint
 from pace_cli.recipe import load_recipe, recipe_to_toml
@@ -158,7 +159,7 @@ def test_peft_loads_export_with_merged_logits(tmp_path):
     # and so does the bias shift alone.
     assert max_diff(logits(base_model()), expected) > 100 * TOLERANCE
     no_shift = {k: (torch.zeros_like(v) if k.endswith("delta_bias") else v) for k, v in pio.load_tensors(adapter).items()}
-    pio.save_tensors(tmp_path / "no-shift.safetensors", no_shift, pio.read_metadata(adapter))
+    pio.save_tensors(tmp_path / "no-shift.safetensors", no_shift, header.read_metadata(adapter))
     assert max_diff(logits(merged_model(tmp_path, tmp_path / "no-shift.safetensors")[0]), expected) > 100 * TOLERANCE
 
 
@@ -201,7 +202,7 @@ def test_peft_loads_export_of_a_swin_adapter(tmp_path):
 def test_export_without_bias_shift_needs_no_base(tmp_path):
     peft = peft_or_skip()
     adapter = make_adapter(tmp_path, bias_shift=False)
-    meta = pio.read_metadata(adapter)
+    meta = header.read_metadata(adapter)
     meta["base_checkpoint"] = ""  # nothing says where the base is, and nothing needs it
     pio.save_tensors(adapter, pio.load_tensors(adapter), meta)
     report = export_peft(adapter, tmp_path / "peft")
@@ -462,15 +463,15 @@ def load_recipe_text(tmp: Path, text: str):
 
 def test_atomic_dir_is_all_or_nothing(tmp_path):
     final = tmp_path / "out"
-    with pio.atomic_dir(final) as tmp:
+    with atomic.atomic_dir(final) as tmp:
         (tmp / "a.txt").write_text("first")
     assert (final / "a.txt").read_text() == "first"
     with pytest.raises(RuntimeError):
-        with pio.atomic_dir(final) as tmp:
+        with atomic.atomic_dir(final) as tmp:
             (tmp / "a.txt").write_text("half")
             raise RuntimeError("interrupted while writing")
     assert (final / "a.txt").read_text() == "first"  # the old folder is untouched
-    with pio.atomic_dir(final) as tmp:
+    with atomic.atomic_dir(final) as tmp:
         (tmp / "b.txt").write_text("second")
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # replaced whole, not mixed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or set-aside folders left

@@ -26,7 +26,7 @@ from pace_cli.recipe import parse_recipe
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _one_line(error: PaceError) -> None:
+def _assert_one_line(error: PaceError) -> None:
     assert str(error) and "\n" not in str(error), repr(str(error))
 
 
@@ -67,7 +67,7 @@ def test_fuzz_fewshot_list_files(fewshot_root, text, split, with_train_space):
         ds = build_dataset("fewshot", split, root=fewshot_root, image_size=8,
                            list_shots=1 if with_train_space else None)
     except PaceError as error:
-        _one_line(error)
+        _assert_one_line(error)
         return
     assert len(ds) > 0 and len(ds.labels) == len(ds)
     assert all(0 <= label < len(ds.classes) for label in ds.labels)
@@ -122,7 +122,7 @@ def test_fuzz_peft_folders(peft_parts, config, raw):
         try:
             report = import_peft(folder, work / "out.safetensors", recipe)
         except PaceError as error:
-            _one_line(error)
+            _assert_one_line(error)
             assert not (work / "out.safetensors").exists()
             return
         assert report.layers == 1 and math.isfinite(report.scaling)
@@ -155,7 +155,7 @@ def test_fuzz_sweep_grids(tmp_path_factory, specs, seeds):
     try:
         plan = plan_sweep(recipe, work / "out", grid=specs, seeds=parse_seeds(seeds))
     except PaceError as error:
-        _one_line(error)
+        _assert_one_line(error)
         return
     assert plan.runs and len({run.run_dir for run in plan.runs}) == len(plan.runs)
     assert all(run.run_dir.parent.parent == work / "out" for run in plan.runs)  # no folder escapes the sweep

@@ -1,5 +1,6 @@
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pace_cli.files.tensors as pio
+from pace_cli.files import atomic, header, sizes
 from pace_cli.errors import PaceError
 
 
@@ -27,7 +29,7 @@ def _leftovers(folder):
 
 def test_save_load_roundtrip_with_metadata(tmp_path):
     path = tmp_path / "sub" / "w.safetensors"
-    pio.check_can_write(path, overwrite=False)
+    atomic.check_can_write(path, overwrite=False)
     meta = {"kind": "adapter", "rank": 10, "targets": ["qkv", "fc1"], "format": pio.FORMAT_VERSION}
     pio.save_tensors(path, _tensors(), meta)
 
@@ -36,11 +38,11 @@ def test_save_load_roundtrip_with_metadata(tmp_path):
     for k, v in _tensors().items():
         assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v)
 
-    md = pio.read_metadata(path)
+    md = header.read_metadata(path)
     assert md["kind"] == "adapter" and json.loads(md["rank"]) == 10
     assert json.loads(md["targets"]) == ["qkv", "fc1"] and md["format"] == "1"
 
-    info = pio.tensor_info(path)
+    info = header.tensor_info(path)
     assert info["head.weight"] == ("bfloat16", [3, 4]) and info["steps"] == ("int64", [])
     streamed = list(pio.iter_tensors(path))
     assert [n for n, _ in streamed] == sorted(_tensors())
@@ -74,26 +76,26 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "w.txt"
     path.write_text("old")
     with pytest.raises(KeyError):
-        with pio.atomic_path(path) as tmp:
+        with atomic.atomic_path(path) as tmp:
             assert tmp.parent == tmp_path and tmp.name.startswith(".w.txt.tmp-")
             tmp.write_text("new")
             raise KeyError("x")
     assert path.read_text() == "old" and _leftovers(tmp_path) == []
-    with pio.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         tmp.write_text("new")
     assert path.read_text() == "new" and _leftovers(tmp_path) == []
 
 
 def test_check_can_write(tmp_path):
     path = tmp_path / "a" / "b" / "out.safetensors"
-    pio.check_can_write(path, overwrite=False)
+    atomic.check_can_write(path, overwrite=False)
     assert path.parent.is_dir()
     path.write_bytes(b"x")
     with pytest.raises(PaceError, match="exists; pass --overwrite"):
-        pio.check_can_write(path, overwrite=False)
-    pio.check_can_write(path, overwrite=True)
+        atomic.check_can_write(path, overwrite=False)
+    atomic.check_can_write(path, overwrite=True)
     with pytest.raises(PaceError, match="folder"):
-        pio.check_can_write(tmp_path, overwrite=True)
+        atomic.check_can_write(tmp_path, overwrite=True)
 
 
 def _real_file(tmp_path):
@@ -107,7 +109,7 @@ def test_truncated_file(tmp_path, cut):
     data = _real_file(tmp_path).read_bytes()
     bad = tmp_path / "cut.safetensors"
     bad.write_bytes(data[:cut])
-    for fn in (pio.read_metadata, pio.load_tensors, pio.tensor_info, pio.iter_tensors, pio.load_state_dict):
+    for fn in (header.read_metadata, pio.load_tensors, header.tensor_info, pio.iter_tensors, pio.load_state_dict):
         with pytest.raises(PaceError, match="cut.safetensors"):
             fn(bad)
 
@@ -128,21 +130,21 @@ def test_garbage_files(tmp_path, content):
     bad = tmp_path / "junk.safetensors"
     bad.write_bytes(content)
     with pytest.raises(PaceError, match="junk.safetensors"):
-        pio.read_metadata(bad)
+        header.read_metadata(bad)
     with pytest.raises(PaceError, match="junk.safetensors"):
         pio.load_tensors(bad)
 
 
 def test_header_lies_about_sizes(tmp_path):
-    def write(header):
-        raw = json.dumps(header).encode()
+    def write(entries):
+        raw = json.dumps(entries).encode()
         path = tmp_path / "lie.safetensors"
         path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 16)
         return path
 
     ok = write({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
-    assert pio.tensor_info(ok) == {"x": ("float32", [4])}
-    for header in (
+    assert header.tensor_info(ok) == {"x": ("float32", [4])}
+    for entries in (
         {"x": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}},  # past end of file
         {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}},  # shape vs bytes
         {"x": {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}},
@@ -151,12 +153,12 @@ def test_header_lies_about_sizes(tmp_path):
         {"__metadata__": {"a": 1}},
     ):
         with pytest.raises(PaceError, match="lie.safetensors"):
-            pio.read_metadata(write(header))
+            header.read_metadata(write(entries))
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(PaceError, match="nope.safetensors' not found"):
-        pio.read_metadata(tmp_path / "nope.safetensors")
+        header.read_metadata(tmp_path / "nope.safetensors")
     with pytest.raises(PaceError, match="nope.pth' not found"):
         pio.load_state_dict(tmp_path / "nope.pth")
 
@@ -241,11 +243,11 @@ def test_fingerprint(tmp_path):
 
 
 def test_human_size():
-    assert pio.human_size(0) == "0 B"
-    assert pio.human_size(1023) == "1023 B"
-    assert pio.human_size(1536) == "1.5 KiB"
-    assert pio.human_size(350 * 1024**2) == "350.0 MiB"
-    assert pio.human_size(5 * 1024**5) == "5120.0 TiB"
+    assert sizes.human_size(0) == "0 B"
+    assert sizes.human_size(1023) == "1023 B"
+    assert sizes.human_size(1536) == "1.5 KiB"
+    assert sizes.human_size(350 * 1024**2) == "350.0 MiB"
+    assert sizes.human_size(5 * 1024**5) == "5120.0 TiB"
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -270,7 +272,7 @@ def test_human_size():
 def test_fuzz_read_metadata(tmp_path, data):
     path = tmp_path / "fuzz.safetensors"
     path.write_bytes(data)
-    for fn in (pio.read_metadata, pio.load_tensors):
+    for fn in (header.read_metadata, pio.load_tensors):
         try:
             fn(path)
         except PaceError as e:
@@ -295,7 +297,7 @@ def test_fuzz_corrupted_real_file(tmp_path, cut, flips):
             data[pos] = byte
     path = tmp_path / "mut.safetensors"
     path.write_bytes(bytes(data[:cut]))
-    for fn in (pio.read_metadata, pio.load_tensors, lambda p: list(pio.iter_tensors(p))):
+    for fn in (header.read_metadata, pio.load_tensors, lambda p: list(pio.iter_tensors(p))):
         try:
             fn(path)
         except PaceError as e:
@@ -310,3 +312,44 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_format_errors_keep_the_bare_reason_apart(tmp_path):
+    # training reuses `what` inside its own message about a damaged checkpoint; the rendered line stays as it was
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(b"abc")
+    with pytest.raises(PaceError) as caught:
+        header.read_metadata(bad)
+    error = caught.value
+    assert error.what == "only 3 bytes long"
+    assert error.where == f"'{bad}' is not a valid safetensors file" and error.remedy == "re-create or re-download it"
+    assert str(error) == f"'{bad}' is not a valid safetensors file: only 3 bytes long; re-create or re-download it"
+    with pytest.raises(PaceError) as caught:
+        header.read_metadata(tmp_path / "nope.safetensors")
+    assert caught.value.what == f"file '{tmp_path / 'nope.safetensors'}' not found"
+    assert caught.value.remedy == "check the path"
+
+
+def test_write_error_parts_and_text():
+    import errno
+
+    error = atomic.write_error(Path("/out/x.safetensors"), OSError(errno.ENOSPC, "No space left on device"))
+    assert (error.what, error.where, error.remedy) == ("no space left on device", "/out/x.safetensors", "free some space")
+    assert (error.reason, error.path, error.errno) == ("no space left on device", Path("/out/x.safetensors"), errno.ENOSPC)
+    assert str(error) == "no space left on device while writing '/out/x.safetensors'; free some space and run again"
+    # naming the folder the user asked for instead of a file inside it keeps everything else
+    moved = error.with_parts(where="/out")
+    assert isinstance(moved, atomic.WriteError) and moved.errno == errno.ENOSPC and moved.path == Path("/out")
+    assert str(moved) == "no space left on device while writing '/out'; free some space and run again"
+    assert str(error).endswith("x.safetensors'; free some space and run again")  # the original is untouched
+
+
+def test_the_light_file_modules_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import pace_cli.files.layout, pace_cli.files.atomic, pace_cli.files.header, "
+            "pace_cli.files.sizes, pace_cli.files.lock; from pace_cli import files; files.human_size(1); "
+            "files.ADAPTER_FILE; assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import pace_cli.files.tensors as pio
+from pace_cli.files import header
 from helpers import tiny_vit
 from pace_cli import artifacts
 from pace_cli.artifacts import streaming_merge
@@ -66,8 +67,8 @@ def test_streaming_writer_matches_save_tensors(tmp_path, metadata):
     assert size == path.stat().st_size
     _assert_same_tensors(load_file(str(path)), tensors)
     _assert_same_tensors(pio.load_tensors(path), load_file(str(reference)))
-    assert pio.read_metadata(path) == pio.read_metadata(reference)
-    assert pio.tensor_info(path) == pio.tensor_info(reference)
+    assert header.read_metadata(path) == header.read_metadata(reference)
+    assert header.tensor_info(path) == header.tensor_info(reference)
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     assert n % 8 == 0 and json.loads(raw[8:8 + n])  # padded with spaces, valid JSON
@@ -79,7 +80,7 @@ def test_streaming_writer_aligns_every_tensor(tmp_path):
                "c": torch.zeros(3, dtype=torch.float64), "d": torch.zeros(1)}
     path = tmp_path / "a.safetensors"
     pio.save_tensors_streaming(path, [(k, v.dtype, v.shape) for k, v in tensors.items()], tensors.items())
-    data_start, layout = pio.tensor_layout(path)
+    data_start, layout = header.tensor_layout(path)
     assert data_start % 8 == 0
     for name, (_, _, begin, _) in layout.items():
         assert begin % tensors[name].element_size() == 0, name
@@ -211,7 +212,7 @@ def test_merge_files_error_during_merge_leaves_nothing(tmp_path):
     bad = dict(adapter_state)
     bad["blocks.1.mlp.fc1.lora_B"] = torch.full_like(bad["blocks.1.mlp.fc1.lora_B"], float("nan"))
     bad_path = tmp_path / "bad.safetensors"
-    pio.save_tensors(bad_path, bad, pio.read_metadata(adapter))
+    pio.save_tensors(bad_path, bad, header.read_metadata(adapter))
     out = tmp_path / "merged.safetensors"
     with pytest.raises(PaceError, match="NaN"):
         artifacts.merge_files(base, bad_path, out)

@@ -22,13 +22,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from pace_cli.files import atomic
 from pace_cli.files import tensors as pio
 from pace_cli import models
 from pace_cli.files import lock
 from pace_cli.files.layout import CHECKPOINT_FILE
 from pace_cli.training.checkpoint import load_checkpoint
 from helpers import tiny_recipe_text
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.errors import PaceError
 
 runner = CliRunner()
@@ -402,7 +403,7 @@ def test_full_disk_for_the_other_tensor_writers(tmp_path, monkeypatch, lora_run,
 
 def test_safetensors_io_errors_become_os_errors(tmp_path):
     # safetensors reports its writer's I/O failures as SafetensorError; they must read as write failures
-    with pytest.raises(pio.WriteError, match="while writing"):
+    with pytest.raises(atomic.WriteError, match="while writing"):
         pio.save_tensors(tmp_path / "no" / "such" / "dir" / "x.safetensors", {"x": torch.zeros(1)})
 
 

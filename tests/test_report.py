@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import tiny_recipe_text
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.errors import PaceError
 from pace_cli.recipe import parse_recipe
 from pace_cli.report import read_run, write_report

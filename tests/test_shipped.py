@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pace_cli.builders import build_base_model, build_dataset
-from pace_cli.files.tensors import read_metadata
+from pace_cli.files.header import read_metadata
 from pace_cli.models import resolve_checkpoint
 from pace_cli.recipe import load_recipe
 from pace_cli.training.loop import train

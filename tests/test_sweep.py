@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import tiny_recipe_text
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.errors import PaceError
 from pace_cli.sweep.run import (
     RunOutcome, SweepLogger, grid_settings, parse_grid, parse_seeds, plan_sweep, rank_settings, run_sweep,

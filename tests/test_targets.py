@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fake_data import make_fake_data
 from helpers import tiny_recipe_text
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.data import PaceDataset
 from pace_cli.errors import PaceError
 from pace_cli.recipe import load_recipe, parse_recipe, recipe_to_toml

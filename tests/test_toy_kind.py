@@ -11,7 +11,7 @@ from pace_cli import artifacts, files
 from pace_cli.adapters.kinds import KINDS
 from pace_cli.artifacts.base import export_base_weights
 from pace_cli.check import check_recipe
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.errors import PaceError
 from pace_cli.evaluation import build_eval_model
 from pace_cli.recipe import load_recipe

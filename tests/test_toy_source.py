@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import toy_source
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 from pace_cli.data.sources import SOURCES
 from pace_cli.errors import PaceError
 from pace_cli.recipe import parse_recipe

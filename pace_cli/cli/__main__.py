@@ -1,3 +1,3 @@
-from pace_cli.cli.app import app
+from pace_cli.cli import app
 
 app(prog_name="pace")

@@ -1,4 +1,4 @@
-"""Low-level files: tensor-file I/O (atomic writes, validated headers, no pickle), the output lock, run-folder names.
+"""Low-level files: atomic writes, tensor files (validated headers, no pickle), the output lock, run-folder names.
 
 The face of the package: names other packages use, loaded on first access (PEP 562), so
 importing one light submodule never pulls in the heavy ones (torch) behind the others.
@@ -7,6 +7,15 @@ importing one light submodule never pulls in the heavy ones (torch) behind the o
 from importlib import import_module
 
 _EXPORTS = {
+    "WriteError": "atomic",
+    "atomic_dir": "atomic",
+    "atomic_path": "atomic",
+    "check_can_write": "atomic",
+    "write_error": "atomic",
+    "write_text_atomic": "atomic",
+    "read_metadata": "header",
+    "tensor_info": "header",
+    "tensor_layout": "header",
     "ADAPTER_FILE": "layout",
     "CHECKPOINT_FILE": "layout",
     "FINAL_FOLDER": "layout",
@@ -18,26 +27,17 @@ _EXPORTS = {
     "SWEEP_JSON": "layout",
     "TEST_FILE": "layout",
     "output_lock": "lock",
+    "human_size": "sizes",
     "FORMAT_VERSION": "tensors",
     "STATE_DICT_SUFFIXES": "tensors",
     "TORCH_SUFFIXES": "tensors",
-    "WriteError": "tensors",
-    "atomic_dir": "tensors",
-    "atomic_path": "tensors",
-    "check_can_write": "tensors",
     "fingerprint": "tensors",
-    "human_size": "tensors",
     "iter_tensors": "tensors",
     "load_state_dict": "tensors",
     "load_tensors": "tensors",
-    "read_metadata": "tensors",
     "read_tensor": "tensors",
     "save_tensors": "tensors",
     "save_tensors_streaming": "tensors",
-    "tensor_info": "tensors",
-    "tensor_layout": "tensors",
-    "write_error": "tensors",
-    "write_text_atomic": "tensors",
 }
 
 __all__ = sorted(_EXPORTS)

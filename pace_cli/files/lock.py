@@ -113,7 +113,7 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PaceError(f"cannot create output folder '{folder}': {e.strerror or e}") from None
+        raise PaceError(e.strerror or str(e), where=f"cannot create output folder '{folder}'") from None
     path = folder / LOCK_FILE
     record = _owner_record()
     try:
@@ -131,7 +131,7 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         if isinstance(e, OSError):
-            raise PaceError(f"cannot lock output folder '{folder}' ({path.name}): {e.strerror or e}") from None
+            raise PaceError(e.strerror or str(e), where=f"cannot lock output folder '{folder}' ({path.name})") from None
         raise
     try:
         yield path
@@ -165,11 +165,10 @@ def _remove_stale(path: Path, judged: dict | None) -> None:
 
 def _busy(folder: Path, path: Path, holder: dict | None) -> PaceError:
     if holder is None:
-        return PaceError(f"output folder '{folder}' is being locked by another pace run right now; "
-                         "wait for it or use another --output-dir")
+        return PaceError(f"output folder '{folder}' is being locked by another pace run right now",
+                         remedy="wait for it or use another --output-dir")
     who = f"pid {holder['pid']} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
-    if holder.get("host") != socket.gethostname():
-        return PaceError(f"output folder '{folder}' is in use by another pace run ({who}); wait for it to finish "
-                         f"or use another --output-dir (if that run is gone, delete {path})")
-    return PaceError(f"output folder '{folder}' is in use by another pace run ({who}); wait for it to finish or "
-                     "use another --output-dir")
+    remedy = "wait for it to finish or use another --output-dir"
+    if holder.get("host") != socket.gethostname():  # its pid cannot be checked from here
+        remedy += f" (if that run is gone, delete {path})"
+    return PaceError(f"output folder '{folder}' is in use by another pace run ({who})", remedy=remedy)

@@ -1,0 +1,120 @@
+"""`pace sweep`: train a grid of settings over seeds, rank them, optionally retrain the best; show it live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pace_cli.cli.common import SetOption, console, print_json
+
+
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file the grid varies.")],
+    grid: Annotated[Optional[list[str]], typer.Option(
+        "--grid", "-g", metavar="SECTION.KEY=V1,V2,...",
+        help="A recipe key and its values (repeatable; the grid is every combination; keys validated like --set).")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated; each sets train.seed and data.seed.")] = "0",
+    final: Annotated[bool, typer.Option("--final", help="Retrain the best setting on \\[data] trainval_split with every "
+                                        "seed and score it on the test split.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their checkpoints.")] = False,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
+                                             help="Sweep folder (one run folder per setting and seed).")] = Path("runs/sweep"),
+    set_: SetOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print sweep.json's content instead of tables.")] = False,
+):
+    """Train a grid of settings over seeds, rank them by mean validation top-1, optionally retrain the best.
+
+    Example: [bold]pace sweep recipes/quickstart.toml --grid pace.lambda=0.1,0.5,1 --grid pace.sigma=0.5,1,1.5
+    --seeds 0,1,2 --final -o runs/sweep[/]
+
+    Finished runs are skipped, so rerunning extends or completes a sweep. Ctrl-C keeps the current run's
+    checkpoint and exits 130; rerun with [bold]--resume[/] to continue. Writes sweep.csv and sweep.json.
+    """
+    from pace_cli.distributed import is_rank_zero
+    from pace_cli.sweep.run import parse_seeds, plan_sweep, run_sweep
+
+    plan = plan_sweep(recipe, output_dir, grid=grid or (), seeds=parse_seeds(seeds), overrides=set_ or (),
+                      final=final)
+    speaks = is_rank_zero()  # under torchrun every rank trains; rank 0 reports
+    logger = RichSweepLogger(quiet=json_output or not speaks)
+    try:
+        result = run_sweep(plan, resume=resume, logger=logger)
+    finally:
+        logger.finish()
+    if not speaks:
+        return
+    if json_output:
+        print_json(result.to_dict())
+    else:
+        render_sweep(result)
+
+
+def _percent(value) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+class RichSweepLogger:
+    """One line per finished run, with a progress bar over the whole sweep."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task = None
+
+    def start(self, *, runs, settings, seeds):
+        if self.quiet:
+            return
+        console.print(f"[bold]pace sweep[/]: {settings} settings x {seeds} seeds, {runs} runs", soft_wrap=True)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        self.progress.start()
+        self.task = self.progress.add_task("sweep", total=runs)
+
+    def run_start(self, run, number, total):
+        if self.progress:
+            self.progress.update(self.task, description=f"{run.phase} {run.setting.name} seed {run.seed}")
+
+    def train_logger(self, run):
+        return None
+
+    def run_end(self, outcome):
+        if not self.progress:
+            return
+        score = (f"val top-1 {_percent(outcome.val_top1)}" if outcome.phase == "grid"
+                 else f"test top-1 {_percent(outcome.test_top1)}")
+        self.progress.console.print(f"{outcome.status:8} {outcome.phase} {outcome.setting} seed {outcome.seed}: "
+                                    f"{score} ({outcome.seconds:.1f}s)", soft_wrap=True, highlight=False)
+        self.progress.advance(self.task)
+
+    def finish(self):
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
+
+def render_sweep(result) -> None:
+    keys = [axis.key for axis in result.axes]
+    table = Table(title=f"sweep {result.sweep_dir}: settings by mean validation top-1 over seeds")
+    for name in ("rank", *keys, "seeds", "val top-1 % (mean ± std)", "val loss"):
+        table.add_column(name, justify="right")
+    for score in result.ranking:
+        table.add_row(str(score.rank), *[str(score.values.get(k)) for k in keys], str(score.seeds),
+                      f"{100 * score.val_top1_mean:.2f} ± {100 * score.val_top1_std:.2f}", f"{score.val_loss_mean:.4f}",
+                      style="bold green" if score.rank == 1 else None)
+    console.print(table)
+    finals = result.final_runs
+    if not finals:
+        return
+    table = Table(title=f"final: {result.best.setting} retrained on train + val, scored on test")
+    table.add_column("seed", justify="right")
+    table.add_column("test top-1 %", justify="right")
+    for outcome in finals:
+        table.add_row(str(outcome.seed), _percent(outcome.test_top1))
+    tests = [o.test_top1 for o in finals if o.test_top1 is not None]
+    if tests:
+        table.add_row("mean", _percent(sum(tests) / len(tests)), style="bold")
+    console.print(table)
