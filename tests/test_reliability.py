@@ -330,7 +330,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 
 
 def test_full_disk_while_logging_metrics(tmp_path, monkeypatch):
-    import pace_cli.training.loop as train_module
+    import pace_cli.training.loggers.jsonl as jsonl_module
 
     writes = {"n": 0}
 
@@ -356,7 +356,7 @@ def test_full_disk_while_logging_metrics(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self.inner.close()
 
-    monkeypatch.setattr(train_module, "open", lambda name, mode="r", **kw: Full(name, mode, **kw), raising=False)
+    monkeypatch.setattr(jsonl_module, "open", lambda name, mode="r", **kw: Full(name, mode, **kw), raising=False)
     result = train(tmp_path)
     one_error_line(result, "no space left on device while writing", "metrics.jsonl")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

@@ -1,6 +1,5 @@
 import csv
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from pace_cli.errors import PaceError
 from pace_cli.sweep.run import (
     RunOutcome, SweepLogger, grid_settings, parse_grid, parse_seeds, plan_sweep, rank_settings, run_sweep,
 )
-from pace_cli.training.loop import TrainingInterrupted, TrainLogger
+from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger
 
 RECIPE = """
 [model]
@@ -169,7 +168,7 @@ def test_sweep_trains_ranks_skips_and_finals(recipe, tmp_path):
 
 
 class StopInSecondRun(SweepLogger):
-    """Sets the stop event (what Ctrl-C does) at step 2 of the second run."""
+    """Requests a stop (what Ctrl-C does) at step 2 of the second run."""
 
     def __init__(self, stop):
         self.stop, self.runs = stop, 0
@@ -183,7 +182,7 @@ class StopInSecondRun(SweepLogger):
         class Stopper(TrainLogger):
             def step(self, record):
                 if sweep_logger.runs == 2 and record["step"] == 2:
-                    sweep_logger.stop.set()
+                    sweep_logger.stop.request()
 
         return Stopper()
 
@@ -191,7 +190,7 @@ class StopInSecondRun(SweepLogger):
 def test_interrupted_sweep_resumes(recipe, tmp_path):
     sweep_dir = tmp_path / "sweep"
     plan = plan_sweep(recipe, sweep_dir, grid=["pace.lambda=0.1,1"], seeds=[0])
-    stop = threading.Event()
+    stop = StopRequest()
     with pytest.raises(TrainingInterrupted, match="--resume") as info:
         run_sweep(plan, logger=StopInSecondRun(stop), stop=stop)
     assert info.value.exit_code == 130
@@ -230,14 +229,14 @@ def test_sweep_command(recipe, tmp_path):
 
 
 def test_stop_during_a_runs_last_evaluation_stops_the_sweep_before_the_next_run(recipe, tmp_path):
-    stop = threading.Event()
+    stop = StopRequest()
 
     class StopAfterLastEpoch(SweepLogger):
         def train_logger(self, run):
             class Stopper(TrainLogger):
                 def epoch(self, record):
                     if record["epoch"] == 2:  # the run's last epoch: no step boundary is left to notice it
-                        stop.set()
+                        stop.request()
             return Stopper()
 
     plan = plan_sweep(recipe, tmp_path / "sweep", grid=["pace.lambda=0.1,1"], seeds=[0])

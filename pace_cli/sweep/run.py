@@ -452,21 +452,21 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
 
 def _run_sweep(plan: SweepPlan, *, resume: bool, logger: SweepLogger | None,
                stop: threading.Event | None) -> SweepResult:
-    from pace_cli.training.loop import TrainingInterrupted
+    from pace_cli.training.stop import StopRequest, TrainingInterrupted
 
     logger = logger or SweepLogger()
     # One event for the whole sweep: a Ctrl-C that lands while a run evaluates its last epoch
     # lets that run finish, and must still stop the sweep before the next run starts.
-    stop = stop or threading.Event()
+    stop = StopRequest.of(stop)
     result = SweepResult(plan.sweep_dir, str(plan.recipe_path), plan.axes, plan.seeds, list(plan.overrides))
     total = len(plan.runs) + (len(plan.seeds) if plan.final else 0)
     logger.start(runs=total, settings=len(plan.settings), seeds=len(plan.seeds))
 
     def execute(run: PlannedRun, number: int) -> None:
-        if stop.is_set():
+        if stop.requested:
             raise TrainingInterrupted(
                 f"sweep interrupted after {len(result.runs)} runs (before '{run.run_dir}'); "
-                "continue with the same command plus --resume", exit_code=128 + int(getattr(stop, "signum", 2)))
+                "continue with the same command plus --resume", exit_code=stop.exit_code())
         logger.run_start(run, number, total)
         try:
             outcome = _execute(run, resume=resume, logger=logger, stop=stop)
