@@ -239,6 +239,22 @@ def test_good_checkpoint_still_resumes(tmp_path, interrupted_run):
     assert result.exit_code == 0, result.output
 
 
+def test_damaged_checkpoint_tells_the_reason_without_the_readers_file_and_advice(tmp_path, monkeypatch):
+    from pace_cli.training import checkpoint
+
+    def unreadable(path):
+        raise PaceError("header is not valid JSON", where=f"'{path}' is not a valid safetensors file",
+                        remedy="re-create or re-download it")
+    monkeypatch.setattr(pio, "read_metadata", unreadable)
+    path = tmp_path / CHECKPOINT_FILE
+    with pytest.raises(PaceError) as info:
+        checkpoint.load_checkpoint(path)
+    assert str(info.value) == checkpoint.damaged(path, "header is not valid JSON").one_line()
+    with pytest.raises(PaceError, match=r"damaged \(adapter tensor x: wrong shape\), so"):
+        with checkpoint.restoring(path):
+            raise PaceError("wrong shape", where="adapter tensor x", remedy="was it trained for another model?")
+
+
 # ---------------------------------------------------------------- full disks
 
 

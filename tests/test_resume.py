@@ -99,6 +99,16 @@ def test_resume_refuses_a_recipe_that_matters_and_allows_more_epochs(tmp_path):
     assert result.steps == 12
 
 
+def test_resume_hint_names_the_recipe_label(tmp_path):
+    stop = StopRequest()
+    stop.request()  # before the first step: the run stops at once
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        run(tmp_path, "hint", stop=stop, recipe_label="recipes/mine.toml")
+    assert str(interrupted.value).endswith(f"continue with: pace train recipes/mine.toml --resume --output-dir "
+                                           f"{tmp_path / 'hint'}")
+    assert interrupted.value.remedy.startswith("continue with:")
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(PaceError, match="nothing to resume"):
         run(tmp_path, "none", resume=True)
