@@ -11,7 +11,7 @@ from pace_cli.data import datasets as data_sources
 from pace_cli.adapters.layer import AdapterConfig, InjectionReport, inject_adapters
 from pace_cli.errors import PaceError
 from pace_cli.models import create_model, load_base_weights
-from pace_cli.regularizer.pace import PaceConfig
+from pace_cli.regularizer.losses import PaceConfig
 from pace_cli.recipe.schema import Recipe
 
 
@@ -83,7 +83,7 @@ def adapter_config(recipe: Recipe) -> AdapterConfig:
 
 def pace_config(recipe: Recipe) -> PaceConfig:
     p = recipe.pace
-    return PaceConfig(variant=p.variant, lam=p.lambda_, sigma=p.sigma, lazy_interval=p.lazy_interval,
+    return PaceConfig(variant=p.variant, lambda_=p.lambda_, sigma=p.sigma, lazy_interval=p.lazy_interval,
                       noise_free_blocks=p.noise_free_blocks)
 
 

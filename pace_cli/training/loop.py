@@ -36,7 +36,7 @@ from pace_cli.errors import PaceError, one_line
 from pace_cli.evaluation import EvalResult, evaluate
 from pace_cli.files.lock import output_lock
 from pace_cli.models import base_fingerprints
-from pace_cli.regularizer.pace import LossParts, PaceRegularizer, fp_distance
+from pace_cli.regularizer.losses import LossParts, PaceRegularizer, fp_distance
 from pace_cli.recipe.schema import Recipe, recipe_to_dict, recipe_to_toml
 from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE
 from pace_cli.training.loggers.base import MetricLogger
