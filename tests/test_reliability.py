@@ -521,11 +521,11 @@ def test_full_disk_while_drawing_a_report_keeps_the_old_one(tmp_path, monkeypatc
 
 
 def test_sweep_reads_past_a_torn_metrics_line(tmp_path):
-    from pace_cli.sweep.run import _last_validation
+    from pace_cli.sweep.backends.base import last_validation
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"type": "epoch", "epoch": 1, "val_top1": 0.5, "val_loss": 1.0}\n{"type": "ep')
-    assert _last_validation(metrics) == (0.5, 1.0)
+    assert last_validation(metrics) == (0.5, 1.0)
 
 
 # ---------------------------------------------------------------- keys a switch turns off: warned, not refused

@@ -9,7 +9,7 @@ from pace_cli.cli.app import app
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import parse_recipe
 from pace_cli.report import read_run, write_report
-from pace_cli.sweep.run import plan_sweep, run_sweep
+from pace_cli.sweep import plan_sweep, run_sweep
 from pace_cli.training.loop import train
 
 RECIPE = """

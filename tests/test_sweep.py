@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from pace_cli.cli.app import app
 from pace_cli.errors import PaceError
-from pace_cli.sweep.run import (
+from pace_cli.sweep import (
     RunOutcome, SweepLogger, grid_settings, parse_grid, parse_seeds, plan_sweep, rank_settings, run_sweep,
 )
 from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger
@@ -88,6 +88,22 @@ def test_grid_keys_are_validated_like_set(recipe, tmp_path):
     with pytest.raises(PaceError, match="unknown section"):
         plan_sweep(recipe, tmp_path / "sweep", grid=["pase.sigma=1"])
     assert not (tmp_path / "sweep").exists()  # nothing trained, nothing written
+
+
+def test_a_grid_values_recipe_error_keeps_its_details_and_advice(recipe, tmp_path, monkeypatch):
+    import pace_cli.sweep.plan as plan
+
+    real = plan.load_recipe
+
+    def strict(path, items):  # a recipe error in parts: where it was found, what, and the advice
+        if "pace.sigma=9" in items:
+            raise PaceError("[pace] sigma = 9: too large", where="bad --set pace.sigma=9", remedy="try 0.1 to 2")
+        return real(path, items)
+    monkeypatch.setattr(plan, "load_recipe", strict)
+    with pytest.raises(PaceError) as info:
+        plan_sweep(recipe, tmp_path / "sweep", grid=["pace.sigma=1,9"])
+    assert str(info.value) == "bad --grid pace.sigma=9: [pace] sigma = 9: too large; try 0.1 to 2"
+    assert info.value.what == "[pace] sigma = 9: too large"
 
 
 def test_final_needs_a_trainval_split(tmp_path):
@@ -254,10 +270,10 @@ def test_settings_that_would_share_a_folder_are_refused():
 
 
 def test_only_the_writer_writes_sweep_tables(recipe, tmp_path, monkeypatch):
-    import pace_cli.sweep.run as sweep_module
-    from pace_cli.sweep.run import SweepResult, write_tables
+    import pace_cli.sweep.tables as tables
+    from pace_cli.sweep import SweepResult, write_tables
 
-    assert sweep_module._is_writer()  # one process, no process group: the writer
-    monkeypatch.setattr(sweep_module, "_is_writer", lambda: False)  # what a rank other than 0 answers
+    assert tables.writes_files()  # one process, no process group: the writer
+    monkeypatch.setattr(tables, "writes_files", lambda: False)  # what a rank other than 0 answers
     write_tables(SweepResult(tmp_path / "sweep", str(recipe), [], [0]))
     assert not (tmp_path / "sweep").exists()

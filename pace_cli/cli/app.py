@@ -630,7 +630,7 @@ def sweep(
     """
     def action():
         from pace_cli.distributed import is_rank_zero
-        from pace_cli.sweep.run import parse_seeds, plan_sweep, run_sweep
+        from pace_cli.sweep import parse_seeds, plan_sweep, run_sweep
 
         plan = plan_sweep(recipe, output_dir, grid=grid or (), seeds=parse_seeds(seeds), overrides=set_ or (),
                           final=final)
