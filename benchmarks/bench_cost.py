@@ -111,7 +111,7 @@ def _build_trainer(config: str, variant: str, noise_free_blocks: int, batch_fact
     import torch
 
     from pace_cli.adapters import AdapterConfig, adapted_layers, inject_adapters
-    from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
+    from pace_cli.regularizer import PaceConfig, PaceRegularizer
 
     cfg = CONFIGS[config]
     torch.manual_seed(0)  # same weights for every variant
@@ -231,7 +231,7 @@ def _build_peft_case(config: str, case: str):
         loss_fn = lambda: torch.nn.functional.cross_entropy(model(images).float(), labels)  # noqa: E731
     else:
         from pace_cli.adapters import AdapterConfig, adapted_layers, inject_adapters
-        from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
+        from pace_cli.regularizer import PaceConfig, PaceRegularizer
 
         kind, variant, factored = spec
         inject_adapters(model, AdapterConfig(kind=kind, rank=PEFT_RANK, targets=tuple(TARGETS)),

@@ -19,7 +19,7 @@ import timm
 import torch
 
 from pace_cli.adapters import AdapterConfig, inject_adapters
-from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
+from pace_cli.regularizer import PaceConfig, PaceRegularizer
 
 MODELS = {
     "vit_b": ("vit_base_patch16_224", {}, (3, 224, 224)),

@@ -14,7 +14,7 @@ from pace_cli.data.sources import SourceSpec, get_source
 from pace_cli.errors import PaceError
 from pace_cli.models import create_model, load_base_weights
 from pace_cli.recipe.schema import DataSection, EvalTarget, Recipe
-from pace_cli.regularizer.pace import PaceConfig
+from pace_cli.regularizer.losses import PaceConfig
 
 
 def timm_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def adapter_config(recipe: Recipe) -> AdapterConfig:
 
 def pace_config(recipe: Recipe) -> PaceConfig:
     p = recipe.pace
-    return PaceConfig(variant=p.variant, lam=p.lambda_, sigma=p.sigma, lazy_interval=p.lazy_interval,
+    return PaceConfig(variant=p.variant, lambda_=p.lambda_, sigma=p.sigma, lazy_interval=p.lazy_interval,
                       noise_free_blocks=p.noise_free_blocks)
 
 

@@ -243,7 +243,7 @@ def _check_checkpoint(report: CheckReport, recipe: Recipe, model: nn.Module) -> 
 
 def _plan(report: CheckReport, recipe: Recipe, train_set, model: nn.Module, injection) -> None:
     from pace_cli.builders import image_size
-    from pace_cli.regularizer.pace import block_of, sigma_schedule
+    from pace_cli.regularizer.schedule import block_of, sigma_schedule
 
     p = recipe.pace
     if p.variant == "off":

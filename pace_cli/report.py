@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from pace_cli import files
 from pace_cli.errors import PaceError
+from pace_cli.files.layout import METRICS_FILE, SWEEP_JSON
 
 # (epoch record key, panel title, log scale)
 CURVES = (
@@ -59,11 +60,9 @@ class ReportResult:
 
 
 def read_run(path: Path, label: str) -> RunCurves:
-    from pace_cli.files.layout import METRICS_FILE
-
     metrics = path / METRICS_FILE
     if not metrics.is_file():
-        raise PaceError(f"'{path}' is neither a run folder (no {METRICS_FILE}) nor a sweep folder (no sweep.json); "
+        raise PaceError(f"'{path}' is neither a run folder (no {METRICS_FILE}) nor a sweep folder (no {SWEEP_JSON}); "
                         "pass folders written by `pace train` or `pace sweep`")
     curves = RunCurves(label, path)
     for number, line in enumerate(metrics.read_text().splitlines(), start=1):
@@ -85,8 +84,6 @@ def read_run(path: Path, label: str) -> RunCurves:
 
 
 def read_sweep(path: Path, label: str) -> SweepGrid:
-    from pace_cli.files.layout import SWEEP_JSON
-
     try:
         table = json.loads((path / SWEEP_JSON).read_text())
         grid: dict[str, list] = table["grid"]
@@ -148,14 +145,14 @@ def write_report(folders: Sequence[str | Path], output: str | Path, *, labels: S
     if output.suffix.lower() != ".png":
         raise PaceError(f"report output '{output}' must end in .png")
     files.check_can_write(output, overwrite)
-    from pace_cli.files.layout import SWEEP_JSON
-
     runs, sweeps = [], []
     for path, label in zip(paths, _labels(paths, labels)):
         if not path.is_dir():
             raise PaceError(f"'{path}' is not a folder; pass run or sweep folders")
-        (sweeps if (path / SWEEP_JSON).is_file() else runs).append(
-            read_sweep(path, label) if (path / SWEEP_JSON).is_file() else read_run(path, label))
+        if (path / SWEEP_JSON).is_file():
+            sweeps.append(read_sweep(path, label))
+        else:
+            runs.append(read_run(path, label))
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 

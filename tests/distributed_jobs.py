@@ -1,16 +1,15 @@
 """Run by the distributed tests under torchrun: train the jobs given as JSON, one after another.
 
 Each job: {"recipe": TOML text, "overrides": [...], "out": dir, "resume": bool, "stop_at": step or null}.
-A job with ``stop_at`` is interrupted after that step (the stop event is set on rank 0 only, as a
+A job with ``stop_at`` is interrupted after that step (the stop is requested on rank 0 only, as a
 signal reaching one process would be; the ranks must agree to stop together).
 """
 
 import json
 import sys
-import threading
 
 from pace_cli.recipe import parse_recipe
-from pace_cli.training.loop import TrainingInterrupted, TrainLogger, train
+from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger, train
 
 
 class StopAfter(TrainLogger):
@@ -19,12 +18,12 @@ class StopAfter(TrainLogger):
 
     def step(self, record):
         if self.at is not None and record["step"] == self.at:
-            self.stop.set()
+            self.stop.request()
 
 
 def main() -> None:
     for job in json.loads(sys.argv[1]):
-        stop = threading.Event()
+        stop = StopRequest()
         try:
             train(parse_recipe(job["recipe"], job.get("overrides", [])), output_dir=job["out"], overwrite=True,
                   resume=job.get("resume", False), stop=stop, logger=StopAfter(job.get("stop_at"), stop))

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
 from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe import parse_recipe
-from pace_cli.training.loop import TrainingInterrupted, TrainLogger, train
+from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger, train
 
 RECIPE = tiny_recipe_text(
     model={"drop_path_rate": 0.2},
@@ -78,7 +77,7 @@ class StopAfter(TrainLogger):
 
     def step(self, record):
         if record["step"] == self.at:
-            self.stop.set()
+            self.stop.request()
 
 
 def test_two_processes_train_what_one_does_and_resume_across_world_sizes(tmp_path):
@@ -87,7 +86,7 @@ def test_two_processes_train_what_one_does_and_resume_across_world_sizes(tmp_pat
     for (variant, kind), out in one.items():
         train(parse_recipe(RECIPE, [f"pace.variant={variant}", f"adapter.kind={kind}"]), output_dir=out)
     # A one-process run stopped after step 3, to be finished by two processes.
-    stop = threading.Event()
+    stop = StopRequest()
     with pytest.raises(TrainingInterrupted):
         train(parse_recipe(RECIPE, ["pace.variant=fast"]), output_dir=tmp_path / "one-then-two",
               stop=stop, logger=StopAfter(3, stop))

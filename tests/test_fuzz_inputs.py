@@ -147,7 +147,7 @@ _grid_spec = st.one_of(st.tuples(_grid_key, st.lists(_grid_value, max_size=4)).m
 @given(specs=st.lists(_grid_spec, max_size=3), seeds=st.one_of(st.just("0"), st.text(max_size=8)))
 def test_fuzz_sweep_grids(tmp_path_factory, specs, seeds):
     pytest.importorskip("pace_cli.sweep")
-    from pace_cli.sweep.run import parse_seeds, plan_sweep
+    from pace_cli.sweep import parse_seeds, plan_sweep
 
     work = tmp_path_factory.mktemp("sweep")
     recipe = work / "recipe.toml"

@@ -7,7 +7,7 @@ from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
 from pace_cli.adapters.kinds import KINDS
 from pace_cli.errors import PaceError
 from pace_cli.adapters import merge_layer, merge_state_dict
-from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
+from pace_cli.regularizer import PaceConfig, PaceRegularizer
 
 MERGE_ERRORS: dict[str, float] = {}
 
@@ -19,7 +19,7 @@ def train_a_little(factory, kind, steps=4):
     model = factory(drop_path_rate=0.1)
     model.load_state_dict(base_state)
     inject_adapters(model, AdapterConfig(kind=kind, rank=3), num_classes=3)
-    reg = PaceRegularizer(model, PaceConfig(variant="pace", sigma=1.0, lam=1.0))
+    reg = PaceRegularizer(model, PaceConfig(variant="pace", sigma=1.0, lambda_=1.0))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=0.05)
     model.train()

@@ -6,7 +6,7 @@ import torch
 from helpers import tiny_swin, tiny_vit
 from pace_cli.adapters import fused as nl
 from pace_cli.adapters import AdaptedLinear, AdapterConfig, inject_adapters
-from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer
+from pace_cli.regularizer import PaceConfig, PaceRegularizer
 
 
 def _dense_reference(x, w0, b0, dw, db, z):

@@ -5,7 +5,7 @@ from torch import nn
 from helpers import tiny_swin, tiny_vit
 from pace_cli.adapters import AdaptedLinear, AdapterConfig, inject_adapters
 from pace_cli.errors import PaceError
-from pace_cli.regularizer.pace import PaceConfig, PaceRegularizer, fp_distance, sigma_schedule
+from pace_cli.regularizer import PaceConfig, PaceRegularizer, fp_distance, sigma_schedule
 
 
 def noisy_layer(kind="lora_add", sigma=0.5, d_in=8, d_out=6):
@@ -146,7 +146,7 @@ def pace_model(variant="pace", sigma=1.0, drop_path=0.3, noise_free_blocks=0, fa
         for name, p in model.named_parameters():
             if name.endswith(("lora_B", "prompt_B")):
                 p.normal_(std=0.1)
-    reg = PaceRegularizer(model, PaceConfig(variant=variant, sigma=sigma, lam=1.0,
+    reg = PaceRegularizer(model, PaceConfig(variant=variant, sigma=sigma, lambda_=1.0,
                                             noise_free_blocks=noise_free_blocks),
                           num_train_samples=16, num_classes=4)
     return model.train(), reg
@@ -216,7 +216,7 @@ def test_off_variant_has_no_noise_and_no_term():
 
 def test_lazy_alternates():
     model, reg = pace_model(variant="lazy", sigma=1.0)
-    reg.config = PaceConfig(variant="lazy", sigma=1.0, lam=1.0, lazy_interval=3)
+    reg.config = PaceConfig(variant="lazy", sigma=1.0, lambda_=1.0, lazy_interval=3)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))
     regular = reg.loss(x, y, step=3)
     assert regular.consistency.item() > 0 and regular.logits.shape[0] == 4  # half the batch, duplicated

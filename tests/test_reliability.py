@@ -221,6 +221,22 @@ def test_good_checkpoint_still_resumes(tmp_path, interrupted_run):
     assert result.exit_code == 0, result.output
 
 
+def test_damaged_checkpoint_tells_the_reason_without_the_readers_file_and_advice(tmp_path, monkeypatch):
+    from pace_cli.training import checkpoint
+
+    def unreadable(path):
+        raise PaceError("header is not valid JSON", where=f"'{path}' is not a valid safetensors file",
+                        remedy="re-create or re-download it")
+    monkeypatch.setattr(pio, "read_metadata", unreadable)
+    path = tmp_path / CHECKPOINT_FILE
+    with pytest.raises(PaceError) as info:
+        checkpoint.load_checkpoint(path)
+    assert str(info.value) == checkpoint.damaged(path, "header is not valid JSON").one_line()
+    with pytest.raises(PaceError, match=r"damaged \(adapter tensor x: wrong shape\), so"):
+        with checkpoint.restoring(path):
+            raise PaceError("wrong shape", where="adapter tensor x", remedy="was it trained for another model?")
+
+
 # ---------------------------------------------------------------- full disks
 
 
@@ -312,7 +328,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 
 
 def test_full_disk_while_logging_metrics(tmp_path, monkeypatch):
-    import pace_cli.training.loop as train_module
+    import pace_cli.training.loggers.jsonl as jsonl_module
 
     writes = {"n": 0}
 
@@ -338,7 +354,7 @@ def test_full_disk_while_logging_metrics(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self.inner.close()
 
-    monkeypatch.setattr(train_module, "open", lambda name, mode="r", **kw: Full(name, mode, **kw), raising=False)
+    monkeypatch.setattr(jsonl_module, "open", lambda name, mode="r", **kw: Full(name, mode, **kw), raising=False)
     result = train(tmp_path)
     one_error_line(result, "no space left on device while writing", "metrics.jsonl")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -487,11 +503,11 @@ def test_full_disk_while_drawing_a_report_keeps_the_old_one(tmp_path, monkeypatc
 
 
 def test_sweep_reads_past_a_torn_metrics_line(tmp_path):
-    from pace_cli.sweep.run import _last_validation
+    from pace_cli.sweep.backends.base import last_validation
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"type": "epoch", "epoch": 1, "val_top1": 0.5, "val_loss": 1.0}\n{"type": "ep')
-    assert _last_validation(metrics) == (0.5, 1.0)
+    assert last_validation(metrics) == (0.5, 1.0)
 
 
 # ---------------------------------------------------------------- keys a switch turns off: warned, not refused

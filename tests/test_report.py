@@ -10,7 +10,7 @@ from pace_cli.cli import app
 from pace_cli.errors import PaceError
 from pace_cli.recipe import parse_recipe
 from pace_cli.report import read_run, write_report
-from pace_cli.sweep.run import plan_sweep, run_sweep
+from pace_cli.sweep import plan_sweep, run_sweep
 from pace_cli.training.loop import train
 
 RECIPE = tiny_recipe_text(
@@ -82,3 +82,13 @@ def test_missing_matplotlib_is_one_clear_line(runs, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "pip install 'pace-cli[plot]'" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r.png").exists()
+
+
+def test_report_reads_folders_without_the_training_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, pace_cli.report; "
+            "print(sorted(m for m in sys.modules if m.startswith(('pace_cli.training', 'pace_cli.sweep'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

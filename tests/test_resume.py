@@ -8,7 +8,7 @@ from helpers import tiny_recipe_text
 from pace_cli.errors import PaceError
 from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe import parse_recipe
-from pace_cli.training.loop import TrainLogger, TrainingInterrupted, train
+from pace_cli.training import StopRequest, TrainLogger, TrainingInterrupted, train
 
 RECIPE = tiny_recipe_text(
     model={"drop_path_rate": 0.2},
@@ -21,7 +21,7 @@ RECIPE = tiny_recipe_text(
 
 
 class StopAt(TrainLogger):
-    """Interrupts the run after a given step, either through the stop event or a real SIGINT."""
+    """Interrupts the run after a given step, either through its stop request (or event) or a real SIGINT."""
 
     def __init__(self, at_step, use_signal=False):
         self.at_step, self.use_signal, self.stop = at_step, use_signal, None
@@ -30,6 +30,8 @@ class StopAt(TrainLogger):
         if record["step"] == self.at_step:
             if self.use_signal:
                 os.kill(os.getpid(), signal.SIGINT)
+            elif isinstance(self.stop, StopRequest):
+                self.stop.request()
             else:
                 self.stop.set()
 
@@ -43,9 +45,8 @@ def run(tmp_path, name, overrides=(), **kwargs):
 def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, variant, at_step, checkpoint_every):
     overrides = [f"pace.variant={variant}", f"train.checkpoint_every={checkpoint_every}"]
     straight = run(tmp_path, "straight", overrides)
-    import threading
     logger = StopAt(at_step)
-    logger.stop = threading.Event()
+    logger.stop = StopRequest()
     with pytest.raises(TrainingInterrupted) as interrupted:
         run(tmp_path, "interrupted", overrides, logger=logger, stop=logger.stop)
     assert interrupted.value.exit_code == 130 and "--resume" in str(interrupted.value)
@@ -61,17 +62,19 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, variant, at_
 
 
 def test_real_sigint_saves_and_exits_130(tmp_path):
+    # Not always Python's default handler: a shell's background job (or nohup) starts with SIGINT ignored.
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(TrainingInterrupted) as interrupted:
         run(tmp_path, "sig", logger=StopAt(2, use_signal=True))
     assert interrupted.value.exit_code == 130
     assert (tmp_path / "sig" / "checkpoint.safetensors").is_file()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # the handlers found are put back
 
 
 def test_resume_refuses_a_recipe_that_matters_and_allows_more_epochs(tmp_path):
     import threading
     logger = StopAt(2)
-    logger.stop = threading.Event()
+    logger.stop = threading.Event()  # a plain event is accepted as a stop request too
     with pytest.raises(TrainingInterrupted):
         run(tmp_path, "r", logger=logger, stop=logger.stop)
     with pytest.raises(PaceError, match=r"\[adapter\] rank"):
@@ -80,6 +83,16 @@ def test_resume_refuses_a_recipe_that_matters_and_allows_more_epochs(tmp_path):
         run(tmp_path, "r")
     result = run(tmp_path, "r", ["train.epochs=4"], resume=True)
     assert result.steps == 12
+
+
+def test_resume_hint_names_the_recipe_label(tmp_path):
+    stop = StopRequest()
+    stop.request()  # before the first step: the run stops at once
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        run(tmp_path, "hint", stop=stop, recipe_label="recipes/mine.toml")
+    assert str(interrupted.value).endswith(f"continue with: pace train recipes/mine.toml --resume --output-dir "
+                                           f"{tmp_path / 'hint'}")
+    assert interrupted.value.remedy.startswith("continue with:")
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

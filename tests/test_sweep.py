@@ -1,6 +1,5 @@
 import csv
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -9,10 +8,10 @@ from typer.testing import CliRunner
 from helpers import tiny_recipe_text
 from pace_cli.cli import app
 from pace_cli.errors import PaceError
-from pace_cli.sweep.run import (
+from pace_cli.sweep import (
     RunOutcome, SweepLogger, grid_settings, parse_grid, parse_seeds, plan_sweep, rank_settings, run_sweep,
 )
-from pace_cli.training.loop import TrainingInterrupted, TrainLogger
+from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger
 
 RECIPE = tiny_recipe_text(
     data={"batch_size": 16, "synthetic_classes": 4, "synthetic_size": 32, "trainval_split": "trainval"},
@@ -70,6 +69,22 @@ def test_grid_keys_are_validated_like_set(recipe, tmp_path):
     with pytest.raises(PaceError, match="unknown section"):
         plan_sweep(recipe, tmp_path / "sweep", grid=["pase.sigma=1"])
     assert not (tmp_path / "sweep").exists()  # nothing trained, nothing written
+
+
+def test_a_grid_values_recipe_error_keeps_its_details_and_advice(recipe, tmp_path, monkeypatch):
+    import pace_cli.sweep.plan as plan
+
+    real = plan.load_recipe
+
+    def strict(path, items):  # a recipe error in parts: where it was found, what, and the advice
+        if "pace.sigma=9" in items:
+            raise PaceError("[pace] sigma = 9: too large", where="bad --set pace.sigma=9", remedy="try 0.1 to 2")
+        return real(path, items)
+    monkeypatch.setattr(plan, "load_recipe", strict)
+    with pytest.raises(PaceError) as info:
+        plan_sweep(recipe, tmp_path / "sweep", grid=["pace.sigma=1,9"])
+    assert str(info.value) == "bad --grid pace.sigma=9: [pace] sigma = 9: too large; try 0.1 to 2"
+    assert info.value.what == "[pace] sigma = 9: too large"
 
 
 def test_final_needs_a_trainval_split(tmp_path):
@@ -150,7 +165,7 @@ def test_sweep_trains_ranks_skips_and_finals(recipe, tmp_path):
 
 
 class StopInSecondRun(SweepLogger):
-    """Sets the stop event (what Ctrl-C does) at step 2 of the second run."""
+    """Requests a stop (what Ctrl-C does) at step 2 of the second run."""
 
     def __init__(self, stop):
         self.stop, self.runs = stop, 0
@@ -164,7 +179,7 @@ class StopInSecondRun(SweepLogger):
         class Stopper(TrainLogger):
             def step(self, record):
                 if sweep_logger.runs == 2 and record["step"] == 2:
-                    sweep_logger.stop.set()
+                    sweep_logger.stop.request()
 
         return Stopper()
 
@@ -172,7 +187,7 @@ class StopInSecondRun(SweepLogger):
 def test_interrupted_sweep_resumes(recipe, tmp_path):
     sweep_dir = tmp_path / "sweep"
     plan = plan_sweep(recipe, sweep_dir, grid=["pace.lambda=0.1,1"], seeds=[0])
-    stop = threading.Event()
+    stop = StopRequest()
     with pytest.raises(TrainingInterrupted, match="--resume") as info:
         run_sweep(plan, logger=StopInSecondRun(stop), stop=stop)
     assert info.value.exit_code == 130
@@ -211,14 +226,14 @@ def test_sweep_command(recipe, tmp_path):
 
 
 def test_stop_during_a_runs_last_evaluation_stops_the_sweep_before_the_next_run(recipe, tmp_path):
-    stop = threading.Event()
+    stop = StopRequest()
 
     class StopAfterLastEpoch(SweepLogger):
         def train_logger(self, run):
             class Stopper(TrainLogger):
                 def epoch(self, record):
                     if record["epoch"] == 2:  # the run's last epoch: no step boundary is left to notice it
-                        stop.set()
+                        stop.request()
             return Stopper()
 
     plan = plan_sweep(recipe, tmp_path / "sweep", grid=["pace.lambda=0.1,1"], seeds=[0])
@@ -236,10 +251,10 @@ def test_settings_that_would_share_a_folder_are_refused():
 
 
 def test_only_the_writer_writes_sweep_tables(recipe, tmp_path, monkeypatch):
-    import pace_cli.sweep.run as sweep_module
-    from pace_cli.sweep.run import SweepResult, write_tables
+    import pace_cli.sweep.tables as tables
+    from pace_cli.sweep import SweepResult, write_tables
 
-    assert sweep_module._is_writer()  # one process, no process group: the writer
-    monkeypatch.setattr(sweep_module, "_is_writer", lambda: False)  # what a rank other than 0 answers
+    assert tables.writes_files()  # one process, no process group: the writer
+    monkeypatch.setattr(tables, "writes_files", lambda: False)  # what a rank other than 0 answers
     write_tables(SweepResult(tmp_path / "sweep", str(recipe), [], [0]))
     assert not (tmp_path / "sweep").exists()

@@ -35,7 +35,7 @@ def sweep(
     checkpoint and exits 130; rerun with [bold]--resume[/] to continue. Writes sweep.csv and sweep.json.
     """
     from pace_cli.distributed import is_rank_zero
-    from pace_cli.sweep.run import parse_seeds, plan_sweep, run_sweep
+    from pace_cli.sweep import parse_seeds, plan_sweep, run_sweep
 
     plan = plan_sweep(recipe, output_dir, grid=grid or (), seeds=parse_seeds(seeds), overrides=set_ or (),
                       final=final)

@@ -83,7 +83,7 @@ def train(
     """
     from pace_cli import distributed
     from pace_cli.recipe import ineffective_settings, load_recipe
-    from pace_cli.training.loop import TrainingInterrupted, train as run_training
+    from pace_cli.training import TrainingInterrupted, train as run_training
 
     loaded = load_recipe(recipe, set_ or ())
     if nproc > 1:
@@ -99,15 +99,13 @@ def train(
             warn(note)
     logger = RichTrainLogger(quiet=json_output)
     try:
-        result = run_training(loaded, output_dir=output_dir, logger=logger, overwrite=overwrite, resume=resume)
-    except PaceError as error:  # interrupted, or a full disk: the resume command names this recipe
-        if isinstance(error, TrainingInterrupted) and not speaks:
-            raise typer.Exit(error.exit_code)  # rank 0 says it once
-        if "pace train RECIPE" not in str(error):
-            raise
-        # replaced by train(recipe_label=...) at merge
-        raise type(error)(str(error).replace("pace train RECIPE", f"pace train {recipe}"),
-                          exit_code=error.exit_code) from None
+        # the resume hints the library writes name this recipe file
+        result = run_training(loaded, output_dir=output_dir, logger=logger, overwrite=overwrite, resume=resume,
+                              recipe_label=str(recipe))
+    except TrainingInterrupted as error:
+        if not speaks:
+            raise typer.Exit(error.exit_code) from None  # rank 0 says it once
+        raise
     finally:
         logger.finish()
     if speaks:

@@ -7,18 +7,18 @@ importing one light submodule never pulls in the heavy ones (torch) behind the o
 from importlib import import_module
 
 _EXPORTS = {
-    "LossParts": "pace",
-    "PaceConfig": "pace",
-    "PaceRegularizer": "pace",
-    "PairState": "pace",
-    "SharedDropPath": "pace",
-    "SharedDropout": "pace",
-    "VARIANTS": "pace",
-    "block_of": "pace",
-    "depth_groups": "pace",
-    "fp_distance": "pace",
-    "share_random_masks": "pace",
-    "sigma_schedule": "pace",
+    "LossParts": "losses",
+    "PaceConfig": "losses",
+    "PaceRegularizer": "losses",
+    "VARIANTS": "losses",
+    "fp_distance": "losses",
+    "PairState": "masks",
+    "SharedDropPath": "masks",
+    "SharedDropout": "masks",
+    "share_random_masks": "masks",
+    "block_of": "schedule",
+    "depth_groups": "schedule",
+    "sigma_schedule": "schedule",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""Training: the loop, checkpoints, the learning-rate schedule, metric logging.
+"""Training: the loop, checkpoints, the learning-rate schedule, metrics and their loggers, stopping.
 
 The face of the package: names other packages use, loaded on first access (PEP 562), so
 importing one light submodule never pulls in the heavy ones (torch) behind the others.
@@ -17,12 +17,14 @@ _EXPORTS = {
     "save_checkpoint": "checkpoint",
     "TrainLogger": "loop",
     "TrainResult": "loop",
-    "TrainingInterrupted": "loop",
     "autocast_dtype": "loop",
     "class_names": "loop",
-    "learning_rate": "loop",
-    "stop_on_signals": "loop",
     "train": "loop",
+    "LearningRateSchedule": "schedule",
+    "learning_rate": "schedule",
+    "StopRequest": "stop",
+    "TrainingInterrupted": "stop",
+    "stop_on_signals": "stop",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pace_cli import files
-from pace_cli.errors import PaceError
+from pace_cli.errors import PaceError, one_line
 from pace_cli.recipe import Recipe, recipe_to_dict
 from pace_cli.files.layout import CHECKPOINT_FILE
 
@@ -106,8 +106,8 @@ class Checkpoint:
 
 def damaged(path: Path, reason: str) -> PaceError:
     """The one message for a checkpoint that cannot be resumed: which file, what is wrong, what to do."""
-    return PaceError(f"training checkpoint '{path}' is damaged ({reason}), so the run cannot be resumed; "
-                     "start over with --overwrite instead of --resume (or put back a good copy of the file)")
+    return PaceError(f"training checkpoint '{path}' is damaged ({reason}), so the run cannot be resumed",
+                     remedy="start over with --overwrite instead of --resume (or put back a good copy of the file)")
 
 
 _REQUIRED_TENSORS = ("rng.torch", "rng.loader_epoch_start")
@@ -161,7 +161,11 @@ def _json(metadata: dict[str, str], key: str, kind: type) -> Any:
 
 
 def _reason(error: PaceError) -> str:
-    """The io layer's own explanation, without its file name and its advice (re-download) that fits no checkpoint."""
+    """What the tensor-file layer found wrong, without its file name and its advice (re-download),
+    which :func:`damaged` gives in the checkpoint's own terms."""
+    if error.where is not None or error.remedy is not None:
+        return one_line(error.what)
+    # an error written as one whole message: cut its file part and its advice off the text
     text = str(error)
     for marker in ("is not a valid safetensors file: ", ": "):
         if marker in text:
@@ -176,9 +180,16 @@ def restoring(path: Path):
     try:
         yield
     except PaceError as error:
-        raise damaged(path, " ".join(str(error).split(";")[0].split())) from None
+        raise damaged(path, _without_advice(error)) from None
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
-        raise damaged(path, " ".join(str(error).split())[:160] or type(error).__name__) from None
+        raise damaged(path, one_line(error)[:160]) from None
+
+
+def _without_advice(error: PaceError) -> str:
+    """The error's where and what; its advice fits the file it was written for, not a checkpoint."""
+    if error.where is not None or error.remedy is not None:
+        return error.with_parts(remedy=None).one_line()
+    return one_line(str(error).split(";")[0])  # a whole message: its advice follows the first ';'
 
 
 def recipe_differences(saved: dict[str, Any], current: Recipe) -> list[str]:

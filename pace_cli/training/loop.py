@@ -1,15 +1,15 @@
 """The training loop: a recipe in, an adapter file, a metrics log and the resolved recipe out.
 
-Read it top to bottom: set-up, the epoch loop (PACE loss, AdamW, warm-up + cosine learning
-rate), evaluation, and writing the outputs.
+:func:`train` reads top to bottom: set-up (seed, device, data, model, regulariser, optimiser,
+loaders, resume), the epochs (each a run of training steps with log points and checkpoints,
+closed by an epoch record), and writing the outputs. The learning-rate schedule is in
+:mod:`.schedule`, the measurements in :mod:`.metrics`, where records go in :mod:`.loggers`,
+and stopping on a signal in :mod:`.stop`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import os
 import signal
 import threading
 import time
@@ -19,26 +19,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from pace_cli import distributed
 from pace_cli.artifacts.metadata import AdapterMetadata, TrainingRecord
 from pace_cli import files
 from pace_cli.adapters import InjectionReport, adapter_state_dict, load_adapter_state_dict
 from pace_cli.training.checkpoint import (
-    CHECKPOINT_FILE, Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
+    Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
 )
 from pace_cli.builders import (
     build_adapted_model, build_dataset, make_optimizer, maybe_compile, pace_config, resolve_num_classes, timm_kwargs,
 )
 from pace_cli.data import make_loader
-from pace_cli.errors import PaceError
+from pace_cli.errors import PaceError, one_line
 from pace_cli.evaluation import EvalResult, evaluate
 from pace_cli.files.lock import output_lock
 from pace_cli.models import base_fingerprints
-from pace_cli.regularizer.pace import PaceRegularizer, fp_distance
+from pace_cli.regularizer.losses import LossParts, PaceRegularizer, fp_distance
 from pace_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
-from pace_cli.files.layout import ADAPTER_FILE, METRICS_FILE, RECIPE_FILE
+from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE
+from pace_cli.training.loggers.base import MetricLogger
+from pace_cli.training.loggers.registry import metric_loggers
+from pace_cli.training.metrics import RunningSums, epoch_record, step_record
+from pace_cli.training.schedule import LearningRateSchedule
+from pace_cli.training.stop import StopRequest, TrainingInterrupted, stop_on_signals
 
+# Where every run's records go; trackers named in TRACKERS would be added after it.
+_METRIC_LOGGERS = ("jsonl",)
 
 
 class TrainLogger:
@@ -67,19 +75,6 @@ class TrainResult:
     report: InjectionReport
 
 
-def learning_rate(step: int, *, total_steps: int, warmup_steps: int, peak: float, start: float,
-                  floor: float) -> float:
-    """Linear warm-up from ``start`` to ``peak``, then cosine decay to ``floor``, per step.
-
-    The authors step their scheduler once per epoch; stepping per iteration gives the same curve
-    without the staircase, which matters for the short runs this tool is often used for.
-    """
-    if step < warmup_steps:
-        return start + (peak - start) * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
@@ -88,71 +83,63 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
-@contextmanager
-def _metrics_log(path: Path, keep_up_to_step: int | None):
-    """Append-only JSON lines; on resume, drop records past the checkpoint (they will be redone)."""
-    if keep_up_to_step is not None and path.is_file():
-        kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= keep_up_to_step]
-        files.write_text_atomic(path, "".join(line + "\n" for line in kept))
-    try:
-        # unbuffered: a record that fails to write must not linger in a buffer and be retried on close
-        handle = open(path, "ab" if keep_up_to_step is not None else "wb", buffering=0)
-    except OSError as error:
-        raise files.write_error(path, error) from None
-    with handle:
-        def log(record: dict[str, Any]) -> None:
-            data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
-            end = os.fstat(handle.fileno()).st_size
-            try:
-                while data:
-                    data = data[handle.write(data):]
-            except OSError as error:
-                # cut the torn record off, so the log stays whole lines for --resume
-                with contextlib.suppress(OSError):
-                    os.ftruncate(handle.fileno(), end)
-                raise files.write_error(path, error) from None
-
-        yield log
-
-
-def _logged_step(line: str) -> float:
-    """A record's step; a line that is not a whole record (torn by a crash or a full disk) sorts last."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return math.inf
-    return record.get("step", 0) if isinstance(record, dict) and isinstance(record.get("step", 0), int) else math.inf
-
-
 def class_names(dataset, num_classes: int) -> list[str]:
     """The data's class names, padded with numbers when the recipe asks for more outputs."""
     names = list(dataset.classes)
     return names + [str(i) for i in range(len(names), num_classes)]
 
 
-class TrainingInterrupted(PaceError):
-    """Raised after a signal stopped training and its checkpoint was saved."""
+def _resume_command(recipe_label: str, out: Path) -> str:
+    return f"pace train {recipe_label} --resume --output-dir {out}"
 
 
-@contextmanager
-def stop_on_signals(stop: threading.Event):
-    """SIGINT/SIGTERM set ``stop`` (the loop saves and exits at the next step boundary)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
+def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: TrainLogger | None = None,
+          overwrite: bool = False, resume: bool = False, stop: StopRequest | threading.Event | None = None,
+          recipe_label: str = "RECIPE") -> TrainResult:
+    """Train adapters with PACE as the recipe says; ``resume`` continues from the output dir's checkpoint.
 
-    def handler(signum, frame):
-        stop.signum = signum
-        stop.set()
+    A checkpoint is saved every ``[train] checkpoint_every`` steps, at every epoch end, and when
+    a stop is requested (SIGINT/SIGTERM request one): then :class:`TrainingInterrupted` is raised.
+    ``stop`` may also be a :class:`threading.Event`; setting it requests a stop.
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    Under torchrun every process calls this; they train one model with DistributedDataParallel,
+    each on its share of every global batch, and only rank 0 writes files and reports progress.
+    The writer holds the output folder's lock (:mod:`pace_cli.files.lock`) for the whole run, so a
+    second run into the same folder is refused at start. A failed write (a full disk) keeps the
+    last checkpoint and says how to continue from it: with ``pace train <recipe_label> --resume``.
+    """
+    world = distributed.init_from_environment(recipe.train.device)
+    out = Path(output_dir or recipe.output.dir)
+    with output_lock(out) if world.is_writer else contextlib.nullcontext():
+        try:
+            return _train(recipe, world, out, logger=logger, overwrite=overwrite, resume=resume,
+                          stop=StopRequest.of(stop), recipe_label=recipe_label)
+        except files.WriteError as error:
+            if not (out / CHECKPOINT_FILE).is_file():
+                raise
+            raise PaceError(f"{error.reason} while writing '{error.path}'; the last checkpoint in '{out}' is kept: "
+                            f"{error.remedy} and continue with: {_resume_command(recipe_label, out)}") from None
+
+
+def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: TrainLogger | None, overwrite: bool,
+           resume: bool, stop: StopRequest, recipe_label: str) -> TrainResult:
+    progress = (logger or TrainLogger()) if world.is_writer else TrainLogger()
+    saved = _prepare_output(out, recipe, resume=resume, overwrite=overwrite)
+    run = _set_up(recipe, world, out, saved)
+    if world.is_writer:
+        out.mkdir(parents=True, exist_ok=True)
+        files.write_text_atomic(out / RECIPE_FILE, recipe_to_toml(recipe))
+    progress.start(total_steps=run.schedule.total_steps, steps_per_epoch=run.steps_per_epoch, report=run.report,
+                   device=_describe_device(run.device, world), train_samples=len(run.train_set))
+    names = _METRIC_LOGGERS if world.is_writer else ()
+    with metric_loggers(names, out, resumed_at_step=run.position.step if saved else None) as loggers, \
+            stop_on_signals(stop), _peer_failures(world, out, recipe_label):
+        for metric_logger in loggers:
+            metric_logger.log_config(recipe_to_dict(recipe))
+        epochs = _Epochs(run, progress=progress, loggers=loggers, stop=stop, recipe_label=recipe_label)
+        for epoch in range(run.position.epoch, recipe.train.epochs):
+            epochs.train_epoch(epoch)
+    return _write_outputs(run, epochs, progress)
 
 
 def _prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Checkpoint | None:
@@ -173,113 +160,49 @@ def _prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool)
     return None
 
 
-# Running sums kept on the device between log points; summed over processes before being read.
-_DEVICE_KEYS = ("loss", "ce", "consistency", "grad_norm", "correct")
-_HOST_KEYS = ("seen", "steps", "images")
+# ---------------------------------------------------------------- set-up
 
 
-class _RunningSums:
-    """Per-step metrics accumulated on the device, read only at log points (no per-step host sync).
+@dataclass
+class _Run:
+    """What set-up builds from the recipe: everything the training steps and the records use."""
 
-    Each process adds its share (loss parts are already shares of the global means; the gradient
-    norm, equal on every rank after DistributedDataParallel's all-reduce, is added divided by the
-    world size), so the sum over processes is the global figure. Counts known on the host stay
-    there. ``first_bad_step`` remembers the first step whose loss was not finite, so a divergence
-    is reported at the step it happened even though it is noticed later.
+    recipe: Recipe
+    world: distributed.World
+    out: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    train_set: Any
+    val_set: Any | None
+    num_classes: int
+    model: nn.Module
+    report: InjectionReport
+    fingerprints: dict[str, str]
+    regularizer: PaceRegularizer
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    probe_images: torch.Tensor
+    schedule: LearningRateSchedule
+    position: Position  # where training starts: the checkpoint's position on resume
+    epoch_sums: dict[str, float] | None  # the interrupted epoch's sums so far, on resume
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def class_names(self) -> list[str]:
+        return class_names(self.train_set, self.num_classes)
+
+
+def _set_up(recipe: Recipe, world: distributed.World, out: Path, saved: Checkpoint | None) -> _Run:
+    """Seed, device, data, model, regulariser, optimiser and loaders, then the checkpoint's state on resume.
+
+    The order is part of reproducibility: every step that draws random numbers does so in the
+    same order in a fresh run and in the run it resumes.
     """
-
-    def __init__(self, device: torch.device, world_size: int):
-        self.world_size = world_size
-        self.values = torch.zeros(len(_DEVICE_KEYS), dtype=torch.float64, device=device)
-        self.host = dict.fromkeys(_HOST_KEYS, 0.0)
-        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-
-    def add(self, parts, grad_norm: torch.Tensor, step: int) -> None:
-        correct = (parts.logits.argmax(1) == parts.labels).sum()
-        self.values += torch.stack([parts.loss.detach(), parts.ce.detach(), parts.consistency.detach(),
-                                    grad_norm.detach() / self.world_size, correct]).double()
-        bad = ~torch.isfinite(parts.loss.detach()) & (self.first_bad_step < 0)
-        self.first_bad_step = torch.where(bad, self.first_bad_step.new_full((), step), self.first_bad_step)
-        self.host["seen"] += parts.labels.shape[0]
-        self.host["steps"] += 1.0 / self.world_size
-        self.host["images"] += parts.labels.shape[0]
-
-    def checked(self, epoch: int) -> dict[str, float]:
-        """The global sums; raises if a loss was not finite since the last reset (exit code 3).
-
-        Every rank must call this at the same point: it is a collective.
-        """
-        sums, bad = self.reduced()
-        if bad != -1:
-            raise _diverged(bad, epoch)
-        return sums
-
-    def reduced(self) -> tuple[dict[str, float], int | None]:
-        """The global sums and the first non-finite step (-1: none; None: on another rank)."""
-        device = self.values.device
-        flag = (self.first_bad_step >= 0).double().view(1)
-        host = torch.tensor([self.host[k] for k in _HOST_KEYS], dtype=torch.float64, device=device)
-        packed = distributed.all_reduce_sum(torch.cat([self.values, host, flag])).cpu().tolist()
-        sums = dict(zip(_DEVICE_KEYS + _HOST_KEYS, packed[:-1]))
-        if packed[-1] == 0:
-            return sums, -1
-        local = int(self.first_bad_step.item())
-        return sums, local if local >= 0 else None
-
-    def reset(self, saved: dict[str, float] | None = None) -> None:
-        """Start from zero, or from a checkpoint's (global) sums."""
-        saved = saved or {}
-        self.values.copy_(torch.tensor([float(saved.get(k, 0.0)) for k in _DEVICE_KEYS], dtype=torch.float64))
-        self.host = {k: float(saved.get(k, 0.0)) for k in _HOST_KEYS}
-        self.first_bad_step.fill_(-1)
-
-
-def _diverged(step: int | None, epoch: int) -> PaceError:
-    where = f"at step {step + 1}" if step is not None else "on another process"
-    return PaceError(f"training diverged: the loss became non-finite {where} (epoch {epoch + 1}); "
-                     "lower [optim] lr or [pace] lambda/sigma, or use precision = 'fp32'", exit_code=3)
-
-
-def _probe_images(dataset, count: int = 64) -> torch.Tensor:
-    """A fixed batch (the split's first images) for the FP-distance: the same on every process."""
-    return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
-
-
-def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: TrainLogger | None = None,
-          overwrite: bool = False, resume: bool = False, stop: threading.Event | None = None) -> TrainResult:
-    """Train adapters with PACE as the recipe says; ``resume`` continues from the output dir's checkpoint.
-
-    A checkpoint is saved every ``[train] checkpoint_every`` steps, at every epoch end, and when
-    ``stop`` is set (SIGINT/SIGTERM set it): then :class:`TrainingInterrupted` is raised.
-
-    Under torchrun every process calls this; they train one model with DistributedDataParallel,
-    each on its share of every global batch, and only rank 0 writes files and reports progress.
-    The writer holds the output folder's lock (:mod:`pace_cli.files.lock`) for the whole run, so a
-    second run into the same folder is refused at start. A failed write (a full disk) keeps the
-    last checkpoint and says how to continue from it.
-    """
-    world = distributed.init_from_environment(recipe.train.device)
-    out = Path(output_dir or recipe.output.dir)
-    with output_lock(out) if world.is_writer else contextlib.nullcontext():
-        try:
-            return _train(recipe, world, out, logger=logger, overwrite=overwrite, resume=resume, stop=stop)
-        except files.WriteError as error:
-            if not (out / CHECKPOINT_FILE).is_file():
-                raise
-            raise PaceError(f"{error.reason} while writing '{error.path}'; the last checkpoint in '{out}' is kept: "
-                            f"{error.remedy} and continue with: pace train RECIPE --resume --output-dir {out}") from None
-
-
-def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: TrainLogger | None, overwrite: bool,
-           resume: bool, stop: threading.Event | None) -> TrainResult:
-    writer = world.is_writer
-    logger = (logger or TrainLogger()) if writer else TrainLogger()
-    stop = stop or threading.Event()
-    adapter_path, metrics_path, recipe_path = out / ADAPTER_FILE, out / METRICS_FILE, out / RECIPE_FILE
-    checkpoint_path = out / CHECKPOINT_FILE
-    saved = _prepare_output(out, recipe, resume=resume, overwrite=overwrite)
-
-    # --- set-up: seed, device, data, model, regulariser, optimiser -------------------------------
     torch.manual_seed(recipe.train.seed)
     device = distributed.resolve_device(recipe.train.device, world)
     amp_dtype = autocast_dtype(recipe.train.precision, device)
@@ -298,7 +221,21 @@ def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: Train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, recipe, device)  # fused AdamW on CUDA
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    loader, val_loader = _loaders(recipe, world, train_set, val_set, global_batch)
+    run = _Run(recipe=recipe, world=world, out=out, device=device, amp_dtype=amp_dtype, train_set=train_set,
+               val_set=val_set, num_classes=num_classes, model=model, report=report, fingerprints=fingerprints,
+               regularizer=regularizer, params=params, optimizer=optimizer, scaler=scaler, loader=loader,
+               val_loader=val_loader, probe_images=_probe_images(val_set or train_set).to(device),
+               schedule=LearningRateSchedule.for_run(recipe.optim, steps_per_epoch=len(loader),
+                                                     epochs=recipe.train.epochs),
+               position=Position(), epoch_sums=None)
+    if saved is not None:
+        _restore(run, saved, out / CHECKPOINT_FILE)
+    return run
 
+
+def _loaders(recipe: Recipe, world: distributed.World, train_set, val_set, global_batch: int):
+    """The shuffled training loader (this rank's share of each global batch) and this rank's share of val."""
     loader = make_loader(train_set, global_batch, shuffle=True, seed=recipe.train.seed, drop_last=True,
                          num_workers=recipe.data.num_workers, world=world)
     val_loader = None
@@ -306,135 +243,161 @@ def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: Train
         val_share = torch.utils.data.Subset(val_set, distributed.shard_range(len(val_set), world))
         val_loader = make_loader(val_share, recipe.data.eval_batch_size, shuffle=False,
                                  num_workers=recipe.data.num_workers)
-    probe_images = _probe_images(val_set or train_set).to(device)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * recipe.train.epochs
-    schedule = dict(total_steps=total_steps, warmup_steps=steps_per_epoch * recipe.optim.warmup_epochs,
-                    peak=recipe.optim.lr, start=recipe.optim.warmup_start_lr, floor=recipe.optim.min_lr)
-    position = Position()
-    epoch_sums: dict[str, float] | None = None
-    if saved is not None:
-        with restoring(checkpoint_path):  # a damaged file is named, with the way out, never a traceback
-            load_adapter_state_dict(model, saved.model_state())
-            saved.restore_optimizer(optimizer)
-            regularizer.load_state_dict(saved.pace_state())
-            saved.restore_global_rng()
-            # the shuffle generator as it was when the interrupted epoch began
-            loader.generator.set_state(saved.tensors["rng.loader_epoch_start"])
-        position, epoch_sums = saved.position, saved.epoch_sums
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        files.write_text_atomic(recipe_path, recipe_to_toml(recipe))
-    logger.start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, report=report,
-                 device=_describe_device(device, world), train_samples=len(train_set))
+    return loader, val_loader
 
-    def save(next_position: Position, sums: dict[str, float], generator_state) -> None:
-        if writer:
-            save_checkpoint(checkpoint_path, model_state=adapter_state_dict(model), optimizer=optimizer,
-                            pace_state=regularizer.state_dict(), loader_generator_at_epoch_start=generator_state,
-                            position=next_position, epoch_sums=sums, recipe=recipe)
+
+def _probe_images(dataset, count: int = 64) -> torch.Tensor:
+    """A fixed batch (the split's first images) for the FP-distance: the same on every process."""
+    return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+
+
+def _restore(run: _Run, saved: Checkpoint, checkpoint_path: Path) -> None:
+    with restoring(checkpoint_path):  # a damaged file is named, with the way out, never a traceback
+        load_adapter_state_dict(run.model, saved.model_state())
+        saved.restore_optimizer(run.optimizer)
+        run.regularizer.load_state_dict(saved.pace_state())
+        saved.restore_global_rng()
+        # the shuffle generator as it was when the interrupted epoch began
+        run.loader.generator.set_state(saved.tensors["rng.loader_epoch_start"])
+    run.position, run.epoch_sums = saved.position, saved.epoch_sums
+
+
+# ---------------------------------------------------------------- one training step
+
+
+def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, step: int,
+                lr: float) -> tuple[LossParts, torch.Tensor]:
+    """PACE loss, backward, gradient clipping and one AdamW update; returns the loss parts and the gradient norm."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    device = run.device
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        parts = run.regularizer.loss(images, labels, indices, step)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(parts.total).backward()
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, run.recipe.optim.grad_clip or float("inf"))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return parts, grad_norm
+
+
+# ---------------------------------------------------------------- the epochs
+
+
+class _Epochs:
+    """The epochs of one run: training steps, log points, checkpoints and a stop, then the epoch record."""
+
+    def __init__(self, run: _Run, *, progress: TrainLogger, loggers: list[MetricLogger], stop: StopRequest,
+                 recipe_label: str):
+        self.run, self.progress, self.loggers, self.stop = run, progress, loggers, stop
+        self.recipe_label = recipe_label
+        self.step = run.position.step
+        self.val_result: EvalResult | None = None
+        self.started = time.perf_counter()
+        self.images_seen = 0
+        self.epoch_totals = RunningSums(run.device, run.world.size)  # this epoch so far
+        self.window = RunningSums(run.device, run.world.size)  # since the last logged step
+        self.window_start = self.started
+        self.last_logged: dict[str, Any] = {"ce": 0.0, "consistency": 0.0, "lr": 0.0, "images_per_s": 0.0}
+
+    def train_epoch(self, epoch: int) -> None:
+        run = self.run
+        run.model.train()
+        epoch_start = self.window_start = time.perf_counter()
+        # batches of this epoch trained before the interruption: same order, same RNG, so skipped
+        skip = run.position.batches_done if epoch == run.position.epoch else 0
+        # On resume the saved sums are global; rank 0 carries them so the sum over ranks stays right.
+        self.epoch_totals.reset(run.epoch_sums if skip and run.world.is_writer else None)
+        if hasattr(run.train_set, "set_epoch"):
+            # random crops keyed by (seed, epoch, sample): the same for any worker or process count
+            run.train_set.set_epoch(epoch)
+        loader_state_at_epoch_start = run.loader.generator.get_state()
+        for batch_index, (images, labels, indices) in enumerate(run.loader):
+            if batch_index < skip:
+                continue
+            lr = run.schedule.at(self.step)
+            parts, grad_norm = _train_step(run, images, labels, indices, self.step, lr)
+            self.epoch_totals.add(parts, grad_norm, self.step)
+            self.window.add(parts, grad_norm, self.step)
+            self.images_seen += images.shape[0] * run.world.size
+            self.step += 1
+            if self.step % run.recipe.train.log_every == 0:
+                self._log_window(epoch, lr)
+            self.progress.step({**self.last_logged, "epoch": epoch + 1, "step": self.step, "lr": lr})
+            self._checkpoint_or_stop(epoch, batch_index, loader_state_at_epoch_start)
+        self._end_epoch(epoch, epoch_start)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        for metric_logger in self.loggers:
+            metric_logger.log_dict(record, record["step"])
+
+    def _log_window(self, epoch: int, lr: float) -> None:
+        sums = self.window.checked(epoch)
+        self.last_logged = step_record(sums, epoch=epoch, step=self.step, lr=lr,
+                                       seconds=time.perf_counter() - self.window_start)
+        self._log(self.last_logged)
+        self.window.reset()
+        self.window_start = time.perf_counter()
+
+    def _checkpoint_or_stop(self, epoch: int, batch_index: int, loader_state_at_epoch_start) -> None:
+        run = self.run
+        stopping = distributed.any_rank(self.stop.requested)
+        every = run.recipe.train.checkpoint_every
+        if stopping or (every and self.step % every == 0 and batch_index + 1 < run.steps_per_epoch):
+            sums = self.epoch_totals.checked(epoch)  # never checkpoint a diverged state
+            self._save(Position(self.step, epoch, batch_index + 1), sums, loader_state_at_epoch_start)
+        if stopping:
+            # a rank stopped by another rank never saw the signal: it reports a launcher's SIGTERM
+            default = signal.SIGTERM if run.world.distributed else signal.SIGINT
+            raise TrainingInterrupted(f"interrupted at step {self.step} (epoch {epoch + 1}); checkpoint saved in "
+                                      f"'{run.out}'", remedy=f"continue with: {_resume_command(self.recipe_label, run.out)}",
+                                      exit_code=self.stop.exit_code(default))
+
+    def _end_epoch(self, epoch: int, epoch_start: float) -> None:
+        run = self.run
+        sums = self.epoch_totals.checked(epoch)
+        record = epoch_record(sums, epoch=epoch, step=self.step, steps_per_epoch=run.steps_per_epoch,
+                              lr=run.schedule.at(max(self.step - 1, 0)),
+                              fp_distance=fp_distance(run.model, run.probe_images),
+                              seconds=time.perf_counter() - epoch_start)
+        last = epoch + 1 == run.recipe.train.epochs
+        if run.val_loader and ((epoch + 1) % run.recipe.train.eval_every == 0 or last):
+            self.val_result = evaluate(run.model, run.val_loader, class_names=run.class_names(),
+                                       split=run.val_set.split, device=run.device, autocast_dtype=run.amp_dtype,
+                                       sharded=run.world.distributed)
+            record.update(val_top1=self.val_result.top1, val_loss=self.val_result.loss)
+        self._log(record)
+        self.progress.epoch(record)
+        self._save(Position(self.step, epoch + 1, 0), {}, run.loader.generator.get_state())
+
+    def _save(self, next_position: Position, sums: dict[str, float], generator_state) -> None:
+        run = self.run
+        if run.world.is_writer:
+            save_checkpoint(run.out / CHECKPOINT_FILE, model_state=adapter_state_dict(run.model),
+                            optimizer=run.optimizer, pace_state=run.regularizer.state_dict(),
+                            loader_generator_at_epoch_start=generator_state, position=next_position,
+                            epoch_sums=sums, recipe=run.recipe)
         distributed.barrier()  # nobody runs ahead (or exits) while rank 0 is still writing
 
-    # --- the epoch loop ---------------------------------------------------------------------------
-    step = position.step
-    val_result: EvalResult | None = None
-    started = time.perf_counter()
-    images_seen = 0
-    epoch_totals = _RunningSums(device, world.size)  # this epoch so far
-    window = _RunningSums(device, world.size)  # since the last logged step
-    last_logged: dict[str, Any] = {"ce": 0.0, "consistency": 0.0, "lr": 0.0, "images_per_s": 0.0}
-    metrics = _metrics_log(metrics_path, keep_up_to_step=step if saved else None) if writer else _no_log()
-    with metrics as log, stop_on_signals(stop), _peer_failures(world, out):
-        for epoch in range(position.epoch, recipe.train.epochs):
-            model.train()
-            epoch_start = window_start = time.perf_counter()
-            resuming_mid_epoch = saved is not None and epoch == position.epoch and position.batches_done > 0
-            # On resume the saved sums are global; rank 0 carries them so the sum over ranks stays right.
-            epoch_totals.reset(epoch_sums if resuming_mid_epoch and writer else None)
-            if hasattr(train_set, "set_epoch"):
-                # random crops keyed by (seed, epoch, sample): the same for any worker or process count
-                train_set.set_epoch(epoch)
-            loader_state_at_epoch_start = loader.generator.get_state()
-            skip = position.batches_done if resuming_mid_epoch else 0
-            for batch_index, (images, labels, indices) in enumerate(loader):
-                if batch_index < skip:
-                    continue  # already trained on before the interruption; same order, same RNG
-                lr = learning_rate(step, **schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    parts = regularizer.loss(images, labels, indices, step)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(parts.total).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip or float("inf"))
-                scaler.step(optimizer)
-                scaler.update()
-                epoch_totals.add(parts, grad_norm, step)
-                window.add(parts, grad_norm, step)
-                images_seen += images.shape[0] * world.size
-                step += 1
 
-                if step % recipe.train.log_every == 0:
-                    sums = window.checked(epoch)
-                    count = max(sums["steps"], 1e-12)
-                    last_logged = {
-                        "type": "step", "epoch": epoch + 1, "step": step, "loss": sums["loss"] / count,
-                        "ce": sums["ce"] / count, "consistency": sums["consistency"] / count, "lr": lr,
-                        "grad_norm": sums["grad_norm"] / count,
-                        "images_per_s": sums["images"] / max(time.perf_counter() - window_start, 1e-9),
-                    }
-                    log(last_logged)
-                    window.reset()
-                    window_start = time.perf_counter()
-                logger.step({**last_logged, "epoch": epoch + 1, "step": step, "lr": lr})
+# ---------------------------------------------------------------- outputs
 
-                stopping = distributed.any_rank(stop.is_set())
-                every = recipe.train.checkpoint_every
-                if stopping or (every and step % every == 0 and batch_index + 1 < steps_per_epoch):
-                    sums = epoch_totals.checked(epoch)  # never checkpoint a diverged state
-                    save(Position(step, epoch, batch_index + 1), sums, loader_state_at_epoch_start)
-                if stopping:
-                    signum = getattr(stop, "signum", signal.SIGTERM if world.distributed else signal.SIGINT)
-                    raise TrainingInterrupted(
-                        f"interrupted at step {step} (epoch {epoch + 1}); checkpoint saved in '{out}'; "
-                        f"continue with: pace train RECIPE --resume --output-dir {out}",
-                        exit_code=128 + int(signum))
 
-            sums = epoch_totals.checked(epoch)
-            epoch_record: dict[str, Any] = {
-                "type": "epoch", "epoch": epoch + 1, "step": step,
-                "train_loss": sums["loss"] / steps_per_epoch,
-                "train_ce": sums["ce"] / steps_per_epoch,
-                "train_consistency": sums["consistency"] / steps_per_epoch,
-                "train_top1": sums["correct"] / max(1, sums["seen"]),
-                "grad_norm": sums["grad_norm"] / steps_per_epoch,
-                "lr": learning_rate(max(step - 1, 0), **schedule),
-                "fp_distance": fp_distance(model, probe_images),
-                "seconds": time.perf_counter() - epoch_start,
-            }
-            last = epoch + 1 == recipe.train.epochs
-            if val_loader and ((epoch + 1) % recipe.train.eval_every == 0 or last):
-                val_result = evaluate(model, val_loader, class_names=class_names(train_set, num_classes),
-                                      split=val_set.split, device=device, autocast_dtype=amp_dtype,
-                                      sharded=world.distributed)
-                epoch_record.update(val_top1=val_result.top1, val_loss=val_result.loss)
-            log(epoch_record)
-            logger.epoch(epoch_record)
-            save(Position(step, epoch + 1, 0), {}, loader.generator.get_state())
-
-    # --- outputs ----------------------------------------------------------------------------------
-    seconds = time.perf_counter() - started
-    if writer:
-        metadata = _adapter_metadata(recipe, report, fingerprints, class_names(train_set, num_classes),
-                                     val_result, step, world)
-        files.save_tensors(adapter_path, adapter_state_dict(model), metadata)
+def _write_outputs(run: _Run, epochs: _Epochs, progress: TrainLogger) -> TrainResult:
+    """The adapter file with its metadata (rank 0), then the hooks removed and the result."""
+    seconds = time.perf_counter() - epochs.started
+    out = run.out
+    if run.world.is_writer:
+        metadata = _adapter_metadata(run.recipe, run.report, run.fingerprints, run.class_names(),
+                                     epochs.val_result, epochs.step, run.world)
+        files.save_tensors(out / ADAPTER_FILE, adapter_state_dict(run.model), metadata)
     distributed.barrier()
-    regularizer.remove()
-    logger.finish()
-    return TrainResult(out, adapter_path, metrics_path, recipe_path, step, seconds,
-                       images_seen / seconds if seconds else 0.0, val_result, report)
+    run.regularizer.remove()
+    progress.finish()
+    return TrainResult(out, out / ADAPTER_FILE, out / METRICS_FILE, out / RECIPE_FILE, epochs.step, seconds,
+                       epochs.images_seen / seconds if seconds else 0.0, epochs.val_result, run.report)
 
 
 def _adapter_metadata(recipe: Recipe, report: InjectionReport, fingerprints: dict[str, str], names: list[str],
@@ -456,24 +419,19 @@ def _adapter_metadata(recipe: Recipe, report: InjectionReport, fingerprints: dic
 
 
 @contextmanager
-def _peer_failures(world, out: Path):
+def _peer_failures(world, out: Path, recipe_label: str):
     """A collective that failed because another process died becomes one line saying so."""
     try:
         yield
     except RuntimeError as error:
-        text = " ".join(str(error).split())
+        text = one_line(error)
         from_peer = isinstance(error, torch.distributed.DistError) or any(
             word in text for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out"))
         if not (world.distributed and from_peer):
             raise
         raise PaceError(f"rank {world.rank}: another process of this run failed or vanished ({text[:160]}); "
-                        f"the last checkpoint in '{out}' is kept: continue with pace train RECIPE --resume "
-                        f"--output-dir {out}", exit_code=1) from error
-
-
-@contextmanager
-def _no_log():
-    yield lambda record: None
+                        f"the last checkpoint in '{out}' is kept: continue with "
+                        f"{_resume_command(recipe_label, out)}", exit_code=1) from error
 
 
 def _describe_device(device: torch.device, world) -> str:

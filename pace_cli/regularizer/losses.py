@@ -1,15 +1,14 @@
-"""PACE: multiplicative noise on adapter outputs plus a consistency loss between noisy passes.
+"""PACE's training loss: cross-entropy plus λ times the consistency between two noisy passes.
 
-What lives here: the per-depth noise schedule, drop modules whose masks are shared by the two
-copies of a sample, the in-model duplication of the batch, and the four loss variants
-(``off``, ``pace``, ``lazy``, ``fast``). The adapter math itself is in :mod:`pace_cli.adapters`.
+The four variants (``off``, ``pace``, ``lazy``, ``fast``; paper §3 and the authors' code) and
+:class:`PaceRegularizer`, which installs the noise schedule (:mod:`.schedule`) and the paired
+masks and hooks (:mod:`.masks`) on an adapter-injected model. The adapter maths itself is in
+:mod:`pace_cli.adapters`.
 """
 
 from __future__ import annotations
 
-import re
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,184 +16,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pace_cli import distributed
-from pace_cli.adapters import adapted_layers, adapters_disabled, head_module_name, sample_noise
+from pace_cli.adapters import adapted_layers, adapters_disabled, head_module_name
 from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import PaceVariant
+from pace_cli.regularizer.masks import (
+    PairState, count_samples_hook, duplicate_hook, head_noise_hook, share_random_masks,
+)
+from pace_cli.regularizer.schedule import block_of, depth_groups, sigma_schedule
 
 VARIANTS = typing.get_args(PaceVariant)
-
-_BLOCK = re.compile(r"^(.*?blocks\.\d+)(?:\.|$)")
-
-
-def block_of(layer_path: str) -> str | None:
-    """The transformer block holding a layer: ``blocks.3`` (ViT), ``layers.1.blocks.0`` (Swin)."""
-    match = _BLOCK.match(layer_path)
-    return match.group(1) if match else None
-
-
-def depth_groups(layer_paths: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """Group adapted layers by transformer block, shallowest first.
-
-    ``layer_paths`` must be in model order (timm registers modules input to output). A layer
-    outside any block, such as Swin's patch-merging ``downsample.reduction``, forms its own group
-    at its place in that order.
-    """
-    groups: dict[str, list[str]] = {}
-    for path in layer_paths:
-        groups.setdefault(block_of(path) or path, []).append(path)
-    return list(groups.items())
-
-
-def sigma_schedule(
-    layer_paths: Sequence[str], head_name: str, sigma: float, noise_free_blocks: int = 0
-) -> dict[str, float]:
-    """Noise strength per adapted layer and for the head, falling linearly with depth.
-
-    The first ``noise_free_blocks`` groups get 0. The remaining G groups, with the head as the
-    last one, get sigma * (G - g) / G for g = 0..G-1: sigma for the shallowest, sigma / G for
-    the head. (The authors' ViT-B code keeps the first block noise-free; here that is the
-    ``noise_free_blocks = 1`` option rather than a hard-wired rule.)
-    """
-    if sigma < 0:
-        raise PaceError(f"[pace] sigma must be >= 0, got {sigma}")
-    groups = depth_groups(layer_paths)
-    if not 0 <= noise_free_blocks <= len(groups):
-        raise PaceError(
-            f"[pace] noise_free_blocks = {noise_free_blocks} but the model has {len(groups)} adapted blocks; "
-            f"use a value from 0 to {len(groups)}"
-        )
-    schedule = {path: 0.0 for _, members in groups[:noise_free_blocks] for path in members}
-    noisy = [members for _, members in groups[noise_free_blocks:]] + [[head_name]]
-    count = len(noisy)
-    for g, members in enumerate(noisy):
-        for path in members:
-            schedule[path] = sigma * (count - g) / count
-    return schedule
-
-
-class PairState:
-    """Whether the batch flowing through the model right now is [x; x] (two copies of each sample),
-    how many samples it holds (2B once duplicated), for the adapters' per-sample noise, and where
-    those samples sit in the global batch (``layout``), so random draws do not depend on the rank."""
-
-    def __init__(self):
-        self.armed = False
-        self.paired = False
-        self.samples: int | None = None
-        self.layout: SampleLayout | None = None
-
-    def uniform(self, like: Tensor, rows: int, rest: tuple[int, ...]) -> Tensor:
-        """U[0, 1) draws [rows, *rest] for one copy of the batch's samples, from the step's generator
-        when there is one."""
-        if self.layout is None:
-            return like.new_empty((rows,) + rest).uniform_()
-        return self.layout.draw(rows, rest, copies=1, normal=False, dtype=like.dtype)
-
-
-class SharedDropPath(nn.Module):
-    """Stochastic depth whose per-sample mask is shared by both copies of a duplicated batch."""
-
-    def __init__(self, drop_prob: float, state: PairState, scale_by_keep: bool = True):
-        super().__init__()
-        self.drop_prob = drop_prob
-        self.scale_by_keep = scale_by_keep
-        self.state = state
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        keep = 1.0 - self.drop_prob
-        rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
-        mask = (self.state.uniform(x, rows, (1,) * (x.dim() - 1)) < keep).to(x.dtype)
-        if self.state.paired:
-            mask = torch.cat([mask, mask])
-        if self.scale_by_keep and keep > 0:
-            mask.div_(keep)
-        return x * mask
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}, shared by pairs"
-
-
-class SharedDropout(nn.Module):
-    """Dropout whose element mask is shared by both copies of a duplicated batch."""
-
-    def __init__(self, p: float, state: PairState):
-        super().__init__()
-        self.p = p
-        self.state = state
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
-        mask = (self.state.uniform(x, rows, tuple(x.shape[1:])) < keep).to(x.dtype).div_(keep)
-        if self.state.paired:
-            mask = torch.cat([mask, mask])
-        return x * mask
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, shared by pairs"
-
-
-def share_random_masks(model: nn.Module, state: PairState) -> int:
-    """Swap every DropPath and Dropout for a pair-aware twin; returns how many were swapped.
-
-    Fused attention draws its dropout inside the kernel where no mask can be shared, so
-    attention modules with a non-zero attention dropout fall back to their explicit path.
-    """
-    from timm.layers import DropPath
-
-    swapped = 0
-    for name, module in list(model.named_modules()):
-        replacement = None
-        if isinstance(module, DropPath):
-            replacement = SharedDropPath(module.drop_prob, state, getattr(module, "scale_by_keep", True))
-        elif isinstance(module, nn.Dropout):
-            replacement = SharedDropout(module.p, state)
-        elif getattr(module, "fused_attn", False) and getattr(getattr(module, "attn_drop", None), "p", 0.0) > 0:
-            module.fused_attn = False
-        if replacement is not None:
-            parent_path, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_path) if parent_path else model, child, replacement)
-            swapped += 1
-    return swapped
-
-
-def _head_noise_hook(state: PairState):
-    def hook(module: nn.Module, inputs, output: Tensor):
-        sigma = getattr(module, "pace_sigma", 0.0)
-        if module.training and sigma > 0:
-            return output * sample_noise(output, sigma, batch=state)
-        return None
-
-    return hook
-
-
-def _duplicate_hook(state: PairState):
-    def hook(module: nn.Module, args):
-        if state.armed and not state.paired:
-            state.paired = True
-            state.samples = 2 * args[0].shape[0]
-            return (torch.cat([args[0], args[0]]),) + tuple(args[1:])
-        return None
-
-    return hook
-
-
-def _count_samples_hook(state: PairState):
-    def hook(module: nn.Module, args):
-        state.samples = args[0].shape[0] if args and isinstance(args[0], Tensor) else None
-
-    return hook
 
 
 @dataclass(frozen=True)
 class PaceConfig:
     variant: str = "pace"
-    lam: float = 1.0
+    lambda_: float = 1.0  # λ; spelled `lambda` in recipes and adapter metadata
     sigma: float = 1.0
     lazy_interval: int = 2
     noise_free_blocks: int = 0
@@ -202,8 +39,8 @@ class PaceConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise PaceError(f"unknown [pace] variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.lam < 0:
-            raise PaceError(f"[pace] lambda must be >= 0, got {self.lam}")
+        if self.lambda_ < 0:
+            raise PaceError(f"[pace] lambda must be >= 0, got {self.lambda_}")
         if self.lazy_interval < 1:
             raise PaceError(f"[pace] lazy_interval must be >= 1, got {self.lazy_interval}")
 
@@ -256,8 +93,8 @@ class PaceRegularizer:
             layer.batch_state = self.state
         head = model.get_submodule(self.head_name)
         head.pace_sigma = self.sigmas[self.head_name]
-        self._hooks = [head.register_forward_hook(_head_noise_hook(self.state)),
-                       model.register_forward_pre_hook(_count_samples_hook(self.state))]
+        self._hooks = [head.register_forward_hook(head_noise_hook(self.state)),
+                       model.register_forward_pre_hook(count_samples_hook(self.state))]
         # Every variant gets the keyed drop masks, so dropout and stochastic depth, too, do not
         # depend on the number of processes.
         share_random_masks(model, self.state)
@@ -265,7 +102,7 @@ class PaceRegularizer:
         if config.variant in ("pace", "lazy"):
             self.duplicate_at = self._first_noisy_module(list(layers), config.noise_free_blocks)
             if self.duplicate_at:
-                hook = _duplicate_hook(self.state)
+                hook = duplicate_hook(self.state)
                 self._hooks.append(model.get_submodule(self.duplicate_at).register_forward_pre_hook(hook))
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device)
@@ -347,7 +184,7 @@ class PaceRegularizer:
                labels: Tensor) -> LossParts:
         ce = ce_sum / global_size
         consistency = consistency_sum / global_size
-        loss = ce + self.config.lam * consistency
+        loss = ce + self.config.lambda_ * consistency
         return LossParts(loss * self.world.size, ce, consistency, logits, labels, loss)
 
     def _fast_consistency(self, logits: Tensor, indices: Tensor | None) -> Tensor:

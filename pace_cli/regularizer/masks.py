@@ -1,0 +1,132 @@
+"""Keeping the two copies of a sample paired: the same drop masks for both, noise drawn per sample.
+
+PACE compares two noisy passes over the same batch (paper §3.5): every other random layer,
+DropPath and dropout, must draw the same mask for both copies, so the adapter noise is the only
+difference. :class:`PairState` tells the model's modules whether the batch is duplicated, and
+the hooks duplicate it where the copies start to differ, noise the head, and count samples.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pace_cli.adapters import sample_noise
+from pace_cli.distributed import SampleLayout
+
+class PairState:
+    """Whether the batch flowing through the model right now is [x; x] (two copies of each sample),
+    how many samples it holds (2B once duplicated), for the adapters' per-sample noise, and where
+    those samples sit in the global batch (``layout``), so random draws do not depend on the rank."""
+
+    def __init__(self):
+        self.armed = False
+        self.paired = False
+        self.samples: int | None = None
+        self.layout: SampleLayout | None = None
+
+    def uniform(self, like: Tensor, rows: int, rest: tuple[int, ...]) -> Tensor:
+        """U[0, 1) draws [rows, *rest] for one copy of the batch's samples, from the step's generator
+        when there is one."""
+        if self.layout is None:
+            return like.new_empty((rows,) + rest).uniform_()
+        return self.layout.draw(rows, rest, copies=1, normal=False, dtype=like.dtype)
+
+
+class SharedDropPath(nn.Module):
+    """Stochastic depth whose per-sample mask is shared by both copies of a duplicated batch."""
+
+    def __init__(self, drop_prob: float, state: PairState, scale_by_keep: bool = True):
+        super().__init__()
+        self.drop_prob = drop_prob
+        self.scale_by_keep = scale_by_keep
+        self.state = state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
+        mask = (self.state.uniform(x, rows, (1,) * (x.dim() - 1)) < keep).to(x.dtype)
+        if self.state.paired:
+            mask = torch.cat([mask, mask])
+        if self.scale_by_keep and keep > 0:
+            mask.div_(keep)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}, shared by pairs"
+
+
+class SharedDropout(nn.Module):
+    """Dropout whose element mask is shared by both copies of a duplicated batch."""
+
+    def __init__(self, p: float, state: PairState):
+        super().__init__()
+        self.p = p
+        self.state = state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
+        mask = (self.state.uniform(x, rows, tuple(x.shape[1:])) < keep).to(x.dtype).div_(keep)
+        if self.state.paired:
+            mask = torch.cat([mask, mask])
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shared by pairs"
+
+
+def share_random_masks(model: nn.Module, state: PairState) -> int:
+    """Swap every DropPath and Dropout for a pair-aware twin; returns how many were swapped.
+
+    Fused attention draws its dropout inside the kernel where no mask can be shared, so
+    attention modules with a non-zero attention dropout fall back to their explicit path.
+    """
+    from timm.layers import DropPath
+
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        replacement = None
+        if isinstance(module, DropPath):
+            replacement = SharedDropPath(module.drop_prob, state, getattr(module, "scale_by_keep", True))
+        elif isinstance(module, nn.Dropout):
+            replacement = SharedDropout(module.p, state)
+        elif getattr(module, "fused_attn", False) and getattr(getattr(module, "attn_drop", None), "p", 0.0) > 0:
+            module.fused_attn = False
+        if replacement is not None:
+            parent_path, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_path) if parent_path else model, child, replacement)
+            swapped += 1
+    return swapped
+
+
+def head_noise_hook(state: PairState):
+    def hook(module: nn.Module, inputs, output: Tensor):
+        sigma = getattr(module, "pace_sigma", 0.0)
+        if module.training and sigma > 0:
+            return output * sample_noise(output, sigma, batch=state)
+        return None
+
+    return hook
+
+
+def duplicate_hook(state: PairState):
+    def hook(module: nn.Module, args):
+        if state.armed and not state.paired:
+            state.paired = True
+            state.samples = 2 * args[0].shape[0]
+            return (torch.cat([args[0], args[0]]),) + tuple(args[1:])
+        return None
+
+    return hook
+
+
+def count_samples_hook(state: PairState):
+    def hook(module: nn.Module, args):
+        state.samples = args[0].shape[0] if args and isinstance(args[0], Tensor) else None
+
+    return hook

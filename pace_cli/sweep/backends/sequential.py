@@ -1,0 +1,54 @@
+"""The sequential backend: every run trained in this process, one after another, in plan order."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator, Sequence
+
+from pace_cli.errors import PaceError
+from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE
+from pace_cli.sweep.backends.base import RunContext, refuse_another_recipe, score
+from pace_cli.sweep.plan import PlannedRun
+from pace_cli.sweep.rank import RunOutcome
+from pace_cli.training.stop import TrainingInterrupted
+
+
+class SequentialBackend:
+    def run(self, runs: Sequence[PlannedRun], context: RunContext) -> Iterator[RunOutcome]:
+        for run in runs:
+            done = len(context.finished)
+            if context.stop.requested:
+                # e.g. a Ctrl-C while the previous run evaluated its last epoch: it finished, the sweep stops
+                raise TrainingInterrupted(
+                    f"sweep interrupted after {done} runs (before '{run.run_dir}'); "
+                    "continue with the same command plus --resume", exit_code=context.stop.exit_code())
+            context.logger.run_start(run, done + 1, context.total)
+            try:
+                outcome = _execute(run, context)
+            except TrainingInterrupted as stopped:
+                raise TrainingInterrupted(
+                    f"sweep interrupted in run '{run.run_dir}' (its checkpoint is saved; {done} runs done); "
+                    "continue with the same command plus --resume", exit_code=stopped.exit_code) from None
+            yield outcome
+
+
+def _execute(run: PlannedRun, context: RunContext) -> RunOutcome:
+    from pace_cli.training.loop import train
+
+    adapter = run.run_dir / ADAPTER_FILE
+    outcome = RunOutcome(run.phase, run.setting.name, dict(run.setting.values), run.seed, str(run.run_dir), "skipped")
+    started = time.perf_counter()
+    if adapter.is_file():
+        refuse_another_recipe(run)
+    else:
+        interrupted = (run.run_dir / CHECKPOINT_FILE).is_file()
+        if interrupted and not context.resume:
+            raise PaceError(f"run '{run.run_dir}' was interrupted; add --resume to continue it from its checkpoint "
+                            "(or delete the folder to start it over)")
+        # A folder left without a checkpoint (stopped before its first save) is simply started over.
+        train(run.recipe, output_dir=run.run_dir, logger=context.logger.train_logger(run), resume=interrupted,
+              stop=context.stop)
+        outcome.status = "resumed" if interrupted else "trained"
+    score(run, outcome, adapter)
+    outcome.seconds = time.perf_counter() - started
+    return outcome

@@ -1,0 +1,97 @@
+"""Ranking a sweep: each run's outcome, each setting's score over its seeds, and the sweep's result.
+
+Settings are ranked by their mean validation top-1 over the seeds (the paper's protocol); the
+outcomes may come from any backend, in any order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from pace_cli.sweep.plan import GridAxis, Setting
+
+
+@dataclass
+class RunOutcome:
+    phase: str
+    setting: str
+    values: dict[str, Any]
+    seed: int
+    run_dir: str
+    status: str  # trained, resumed, skipped (already complete)
+    val_top1: float | None = None
+    val_loss: float | None = None
+    test_top1: float | None = None
+    test_loss: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class SettingScore:
+    setting: str
+    values: dict[str, Any]
+    index: int
+    seeds: int
+    val_top1_mean: float
+    val_top1_std: float
+    val_loss_mean: float
+    rank: int = 0
+
+
+def rank_settings(settings: Sequence[Setting], outcomes: Sequence[RunOutcome]) -> list[SettingScore]:
+    """Best first: higher mean validation top-1 over seeds, then lower mean validation loss, then grid order.
+
+    Top-1 on a few hundred images ties often; the loss says which setting is more confident in
+    the right answers. Means are compared after rounding to 1e-9 so that float summation order
+    cannot break a real tie. Settings without a finished grid run are left out.
+    """
+    scores = []
+    for setting in settings:
+        done = [o for o in outcomes if o.phase == "grid" and o.setting == setting.name and o.val_top1 is not None]
+        if not done:
+            continue
+        top1 = [o.val_top1 for o in done]
+        losses = [o.val_loss for o in done if o.val_loss is not None]
+        mean = sum(top1) / len(top1)
+        std = math.sqrt(sum((t - mean) ** 2 for t in top1) / (len(top1) - 1)) if len(top1) > 1 else 0.0
+        scores.append(SettingScore(setting.name, dict(setting.values), setting.index, len(done), mean, std,
+                                   sum(losses) / len(losses) if losses else math.inf))
+    scores.sort(key=lambda s: (-round(s.val_top1_mean, 9), round(s.val_loss_mean, 9), s.index))
+    for rank, score in enumerate(scores, start=1):
+        score.rank = rank
+    return scores
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    recipe: str
+    axes: list[GridAxis]
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+    runs: list[RunOutcome] = field(default_factory=list)
+    ranking: list[SettingScore] = field(default_factory=list)
+    complete: bool = False
+
+    @property
+    def best(self) -> SettingScore | None:
+        return self.ranking[0] if self.ranking else None
+
+    @property
+    def final_runs(self) -> list[RunOutcome]:
+        return [o for o in self.runs if o.phase == "final"]
+
+    def to_dict(self) -> dict[str, Any]:
+        tests = [o.test_top1 for o in self.final_runs if o.test_top1 is not None]
+        return {
+            "sweep_dir": str(self.sweep_dir), "recipe": self.recipe, "complete": self.complete,
+            "overrides": self.overrides, "grid": {axis.key: list(axis.values) for axis in self.axes},
+            "seeds": self.seeds,
+            "ranking": [asdict(score) for score in self.ranking],
+            "best": asdict(self.best) if self.best else None,
+            "final_test_top1_mean": sum(tests) / len(tests) if tests else None,
+            "runs": [asdict(outcome) for outcome in self.runs],
+        }
