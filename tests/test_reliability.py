@@ -227,7 +227,9 @@ def test_damaged_checkpoint_tells_the_reason_without_the_readers_file_and_advice
     def unreadable(path):
         raise PaceError("header is not valid JSON", where=f"'{path}' is not a valid safetensors file",
                         remedy="re-create or re-download it")
-    monkeypatch.setattr(pio, "read_metadata", unreadable)
+    from pace_cli.files import header  # checkpoint reads it through the files face, which looks it up here
+
+    monkeypatch.setattr(header, "read_metadata", unreadable)
     path = tmp_path / CHECKPOINT_FILE
     with pytest.raises(PaceError) as info:
         checkpoint.load_checkpoint(path)
