@@ -1,4 +1,4 @@
-"""Regenerate docs/errors.md: run every bad-input case from tests/test_bad_inputs.py, record what the user sees.
+"""Regenerate docs/errors.md: run every bad-input case from tests/cli/test_bad_inputs.py, record what the user sees.
 
     python scripts/error_catalogue.py > docs/errors.md
 """
@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bad_inputs", ROOT / "tests" / "test_bad_inputs.py")
+spec = importlib.util.spec_from_file_location("bad_inputs", ROOT / "tests" / "cli" / "test_bad_inputs.py")
 cases = importlib.util.module_from_spec(spec)
 sys.path.insert(0, str(ROOT / "tests"))
 spec.loader.exec_module(cases)
@@ -26,7 +26,7 @@ def shown(text: str, tmp: str) -> str:
 print("# What pace says about bad input\n")
 print("Every case below exits with the code shown, prints exactly one line on stderr and no traceback")
 print("(`pace --debug …` shows one), and leaves no output file behind. Each row is a test in")
-print("`tests/test_bad_inputs.py`; `python scripts/error_catalogue.py > docs/errors.md` regenerates this page.\n")
+print("`tests/cli/test_bad_inputs.py`; `python scripts/error_catalogue.py > docs/errors.md` regenerates this page.\n")
 print("| case | command | exit | what the user sees |")
 print("|---|---|---|---|")
 rows = [(name, fn) for name, fn in sorted(cases.CASES.items())]

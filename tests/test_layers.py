@@ -220,14 +220,7 @@ def test_light_modules_import_without_torch(module):
 
 
 # Over MAX_LINES on the day this test was written and being split in parallel: remove at merge.
-SPLIT_PENDING = ["pace_cli.artifacts.peft", "pace_cli.cli.app", "pace_cli.data.datasets", "pace_cli.files.tensors",
-                 "pace_cli.recipe.schema", "pace_cli.sweep.run", "pace_cli.training.loop"]
-
-
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(reason=f"{m} is over {MAX_LINES} lines until its split merges",
-                                            strict=False)) if m in SPLIT_PENDING else m
-    for m in sorted(MODULES)])
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_modules_stay_short(module):
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= MAX_LINES, f"{MODULES[module].relative_to(ROOT)} is {lines} lines, over {MAX_LINES}: split it"

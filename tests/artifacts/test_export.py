@@ -27,7 +27,7 @@ from pace_cli.recipe import load_recipe, recipe_to_toml
 from pace_cli.evaluation import build_eval_model
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = "builtin:fmnist_vit"
 MODEL = "vit_tiny_patch16_224"
 KWARGS = dict(img_size=28, in_chans=1, patch_size=7, embed_dim=128, depth=6, num_heads=4)

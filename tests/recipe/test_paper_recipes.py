@@ -10,7 +10,7 @@ from fake_data import make_fake_data
 from pace_cli.builders import build_dataset, build_target_dataset
 from pace_cli.recipe import load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").rglob("*.toml"))
 IDS = [p.relative_to(ROOT / "recipes").as_posix() for p in RECIPES]
 BASE = "bases/vit_b16_in21k.safetensors"

@@ -35,7 +35,7 @@ RECIPE = tiny_recipe_text(
     train={"epochs": 2, "log_every": 1, "device": "cpu"},
 )
 VARIANTS = ("off", "pace", "fast", "lazy")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 
@@ -96,7 +96,7 @@ def test_two_processes_train_what_one_does_and_resume_across_world_sizes(tmp_pat
         {"recipe": RECIPE, "overrides": ["pace.variant=pace"], "out": str(tmp_path / "two-then-one"), "stop_at": 5},
         {"recipe": RECIPE, "overrides": ["pace.variant=fast"], "out": str(tmp_path / "one-then-two"), "resume": True},
     ]
-    launched = torchrun(2, str(REPO / "tests" / "distributed_jobs.py"), json.dumps(jobs))
+    launched = torchrun(2, str(REPO / "tests" / "training" / "distributed_jobs.py"), json.dumps(jobs))
     assert launched.returncode == 0, launched.stderr[-3000:]
 
     diffs = {f"{v} {k}": max_diff(without_key_bias_shift(adapters(one[(v, k)])),
