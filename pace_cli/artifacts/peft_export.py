@@ -218,7 +218,7 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
             (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             (tmp / PEFT_CARD_FILE).write_text(_card(adapter, config))
     except files.WriteError as e:  # raised for a file inside the temporary folder: name the folder the user asked for
-        raise files.write_error(output, OSError(e.errno, e.reason)) from None
+        raise e.with_parts(where=str(output)) from None
     except OSError as e:
         raise files.write_error(output, e) from None
     return PeftExportReport(output, len(layers), rank, config["bias"], adapter.head_name, len(tensors),

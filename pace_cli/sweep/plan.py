@@ -164,14 +164,9 @@ def _validate_axes(recipe_path: Path, overrides: Sequence[str], axes: Sequence[G
 
 
 def _grid_error(error: PaceError, where: str) -> PaceError:
-    """A recipe error about one grid value, told as that --grid's: its details, under ``where``."""
-    if error.where is not None:  # 'invalid recipe ...' or 'bad --set ...': the details are what matter
-        return error.with_parts(where=where)
-    # an error written as one whole message: cut its 'invalid recipe ...:' or 'bad --set ...:' prefix off
-    text = str(error)
-    if text.startswith(("invalid recipe ", "bad --set ")) and ": " in text:
-        text = text.split(": ", 1)[1]
-    return PaceError(text, where=where)
+    """A recipe error about one grid value, told as that --grid's: its details under ``where``, which
+    replaces the 'invalid recipe ...' or 'bad --set ...' the recipe loader put there."""
+    return error.with_parts(where=where)
 
 
 def plan_sweep(recipe_path: str | Path, sweep_dir: str | Path, *, grid: Sequence[str] = (),

@@ -163,15 +163,7 @@ def _json(metadata: dict[str, str], key: str, kind: type) -> Any:
 def _reason(error: PaceError) -> str:
     """What the tensor-file layer found wrong, without its file name and its advice (re-download),
     which :func:`damaged` gives in the checkpoint's own terms."""
-    if error.where is not None or error.remedy is not None:
-        return one_line(error.what)
-    # an error written as one whole message: cut its file part and its advice off the text
-    text = str(error)
-    for marker in ("is not a valid safetensors file: ", ": "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
-            break
-    return text.split("; re-create")[0]
+    return one_line(error.what)
 
 
 @contextmanager
@@ -187,9 +179,7 @@ def restoring(path: Path):
 
 def _without_advice(error: PaceError) -> str:
     """The error's where and what; its advice fits the file it was written for, not a checkpoint."""
-    if error.where is not None or error.remedy is not None:
-        return error.with_parts(remedy=None).one_line()
-    return one_line(str(error).split(";")[0])  # a whole message: its advice follows the first ';'
+    return error.with_parts(remedy=None).one_line()
 
 
 def recipe_differences(saved: dict[str, Any], current: Recipe) -> list[str]:
