@@ -28,7 +28,7 @@ LAYERS: list[list[str]] = [
     ["pace_cli.models", "pace_cli.data", "pace_cli.regularizer"],
     ["pace_cli.files", "pace_cli.adapters", "pace_cli.distributed"],
     ["pace_cli.recipe", "pace_cli.data.sources", "pace_cli.adapters.kinds", "pace_cli.files.layout"],
-    ["pace_cli.errors", "pace_cli"],  # the root package holds only __version__
+    ["pace_cli.errors", "pace_cli.lazy", "pace_cli"],  # the root package holds only __version__
 ]
 
 # What reading and validating a recipe loads: importing these must not pull in torch, which takes

@@ -1,10 +1,10 @@
 """Data sets: the source registry (sources.py), one module per source, loaders and the decoded-image cache.
 
-The face of the package: names other packages use, loaded on first access (PEP 562), so
-importing one light submodule never pulls in the heavy ones (torch) behind the others.
+The face of the package: the names other packages use, each loaded from its submodule on first
+access (see :mod:`pace_cli.lazy`).
 """
 
-from importlib import import_module
+from pace_cli.lazy import lazy_face
 
 _EXPORTS = {
     "build_dataset": "build",
@@ -31,14 +31,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # not cached in this module: a test that patches the submodule's name must reach every caller
-    return getattr(import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)
