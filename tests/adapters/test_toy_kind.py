@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import toy_kind
-from helpers import tiny_vit
+from helpers import tiny_recipe_text, tiny_vit
 from pace_cli import artifacts, files
 from pace_cli.adapters.kinds import KINDS
 from pace_cli.artifacts.base import export_base_weights
@@ -17,37 +17,6 @@ from pace_cli.evaluation import build_eval_model
 from pace_cli.recipe import load_recipe
 from pace_cli.training.loop import train
 
-RECIPE = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-kwargs = {{ patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }}
-
-[data]
-source = "synthetic"
-batch_size = 16
-synthetic_classes = 4
-synthetic_size = 32
-
-[adapter]
-kind = "{kind}"
-rank = 3
-
-[pace]
-variant = "pace"
-sigma = 1.0
-lambda = 0.5
-
-[optim]
-lr = 0.05
-warmup_epochs = 0
-
-[train]
-epochs = 1
-
-[output]
-dir = "{out}"
-"""
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
@@ -58,7 +27,10 @@ def toy(monkeypatch):
 
 def write_recipe(tmp_path, kind=toy_kind.NAME):
     path = tmp_path / f"{kind}.toml"
-    path.write_text(RECIPE.format(kind=kind, out=tmp_path / "run"))
+    path.write_text(tiny_recipe_text(
+        data={"batch_size": 16, "synthetic_classes": 4, "synthetic_size": 32},
+        adapter={"kind": kind, "rank": 3}, pace={"variant": "pace", "sigma": 1.0, "lambda": 0.5},
+        optim={"lr": 0.05, "warmup_epochs": 0}, train={"epochs": 1}, output={"dir": str(tmp_path / "run")}))
     return path
 
 

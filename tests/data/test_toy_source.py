@@ -12,41 +12,19 @@ import pytest
 from typer.testing import CliRunner
 
 import toy_source
+from helpers import tiny_recipe_text
 from pace_cli.cli import app
 from pace_cli.data.sources import SOURCES
 from pace_cli.errors import PaceError
 from pace_cli.recipe import parse_recipe
 
-RECIPE = """
-[model]
-name = "vit_tiny_patch16_224"
-img_size = 32
-kwargs = {{ patch_size = 8, depth = 2, embed_dim = 32, num_heads = 2 }}
-
-[data]
-source = "stripes"
-train_split = "fit"
-val_split = "holdout"
-test_split = "exam"
-batch_size = 8
-synthetic_classes = 4
-{data}
-[adapter]
-rank = 2
-
-[optim]
-lr = 0.01
-warmup_epochs = 0
-
-[train]
-epochs = 1
-device = "cpu"
-log_every = 1
-{rest}"""
-
-
-def recipe_text(data: str = "", rest: str = "") -> str:
-    return RECIPE.format(data=data, rest=rest)
+def recipe_text(data: dict | None = None, **sections) -> str:
+    """The tiny recipe on the toy source, with its own split names; ``data`` adds [data] keys."""
+    return tiny_recipe_text(
+        data={"source": "stripes", "train_split": "fit", "val_split": "holdout", "test_split": "exam",
+              "batch_size": 8, "synthetic_classes": 4, **(data or {})},
+        adapter={"rank": 2}, optim={"lr": 0.01, "warmup_epochs": 0},
+        train={"epochs": 1, "device": "cpu", "log_every": 1}, **sections)
 
 
 @pytest.fixture
@@ -69,17 +47,18 @@ def test_validation_reads_the_row(stripes):
     assert recipe.data.source == "stripes" and recipe.data.synthetic_classes == 4
     assert ("[data]: train_split = 'train' is not a split of source = 'stripes' (use one of fit, holdout, exam)"
             in _error(recipe_text(), ["data.train_split=train"]))
-    assert "root is only read by source = 'imagefolder'" in _error(recipe_text('root = "/d"'))
+    assert "root is only read by source = 'imagefolder'" in _error(recipe_text({"root": "/d"}))
     assert "image_dir is only read by source = 'fewshot' or 'fgvc', not 'stripes'" in _error(
-        recipe_text('image_dir = "x"'))
+        recipe_text({"image_dir": "x"}))
     # options of the row: read by the new source, refused for the others that do not read them
     assert "synthetic_classes is only read by source = 'synthetic' or 'stripes', not 'digits'" in _error(
         recipe_text(), ["data.source=digits", "data.train_split=train", "data.val_split=val", "data.test_split=test"])
-    target = ('[[eval.targets]]\nname = "again"\nsource = "stripes"\nsplit = "{split}"\nseed = 3\n'
-              'restrict_logits = false\n')
-    assert parse_recipe(recipe_text(rest=target.format(split="exam"))).eval.targets[0].seed == 3
+    def target(split: str) -> dict:
+        return {"targets": [{"name": "again", "source": "stripes", "split": split, "seed": 3,
+                             "restrict_logits": False}]}
+    assert parse_recipe(recipe_text(eval=target("exam"))).eval.targets[0].seed == 3
     assert "target 'again': split = 'test' is not a split of source = 'stripes'" in _error(
-        recipe_text(rest=target.format(split="test")))
+        recipe_text(eval=target("test")))
 
 
 def test_pace_check_builds_every_split(stripes, tmp_path):
