@@ -24,21 +24,27 @@ from pace_cli.training.stop import StopRequest
 
 
 def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | None = None,
-              stop: StopRequest | threading.Event | None = None, backend: SweepBackend | None = None) -> SweepResult:
+              stop: StopRequest | threading.Event | None = None,
+              backend: SweepBackend | str = "sequential") -> SweepResult:
     """Train every grid run (skipping finished ones), rank the settings, then the final runs if asked.
 
     sweep.json and sweep.csv are rewritten after every run, so an interrupted sweep leaves a
     correct table of what finished. Ctrl-C stops the current run at its next step with its
     checkpoint saved; the sweep then ends with :class:`~pace_cli.training.stop.TrainingInterrupted`.
     The writer holds the sweep folder's lock throughout, so a second sweep into it is refused.
-    ``backend`` runs the runs; the default trains them one after another in this process.
+    ``backend`` runs the runs: a backend object, or the name of a registered one
+    (:data:`~pace_cli.sweep.backends.registry.BACKENDS`); the default, ``sequential``, trains them
+    one after another in this process.
     """
     from pace_cli.files.lock import output_lock
-    from pace_cli.sweep.backends.sequential import SequentialBackend
+    from pace_cli.sweep.backends.registry import backend_named
+
+    if isinstance(backend, str):
+        backend = backend_named(backend)  # an unknown name fails here, before the folder is locked
 
     with output_lock(plan.sweep_dir) if writes_files() else contextlib.nullcontext():
         return _run_sweep(plan, resume=resume, logger=logger or SweepLogger(), stop=StopRequest.of(stop),
-                          backend=backend or SequentialBackend())
+                          backend=backend)
 
 
 def _run_sweep(plan: SweepPlan, *, resume: bool, logger: SweepLogger, stop: StopRequest,

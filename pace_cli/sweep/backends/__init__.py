@@ -13,6 +13,8 @@ _EXPORTS = {
     "last_validation": "base",
     "refuse_another_recipe": "base",
     "score": "base",
+    "BACKENDS": "registry",
+    "backend_named": "registry",
     "SequentialBackend": "sequential",
 }
 
