@@ -7,6 +7,8 @@ access (see :mod:`pace_cli.lazy`).
 from pace_cli.lazy import lazy_face
 
 _EXPORTS = {
+    "BACKENDS": "backends.registry",
+    "backend_named": "backends.registry",
     "RunContext": "backends.base",
     "SweepBackend": "backends.base",
     "SweepLogger": "backends.base",

@@ -7,6 +7,8 @@ access (see :mod:`pace_cli.lazy`).
 from pace_cli.lazy import lazy_face
 
 _EXPORTS = {
+    "MetricLogger": "loggers.base",
+    "TRACKERS": "loggers.registry",
     "Checkpoint": "checkpoint",
     "HARMLESS_KEYS": "checkpoint",
     "Position": "checkpoint",
