@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pace_cli.recipe import load_recipe, recipe_to_toml
+from pace_cli.recipe import load_recipe
 from pace_cli.evaluation import evaluate_recipe
 from pace_cli.artifacts.base import export_base_weights
 from pace_cli.evaluation import evaluate_targets

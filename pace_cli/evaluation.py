@@ -25,8 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pace_cli import distributed, files
-from pace_cli.adapters import AdapterConfig, inject_adapters, load_adapter_state_dict
-from pace_cli.adapters import merge_state_dict
+from pace_cli.adapters import AdapterConfig, inject_adapters, load_adapter_state_dict, merge_state_dict
 from pace_cli.artifacts import read_adapter, read_file_metadata
 from pace_cli.builders import build_base_model, build_dataset, build_target_dataset
 from pace_cli.data import PaceDataset, make_loader

@@ -11,7 +11,6 @@ import re
 
 import timm
 
-
 # The tiny ViT on generated data: 32x32 input, 8x8 patches (16 tokens), width 32, two blocks. Tests add
 # the sections and keys they rely on, so each call site shows every setting its assertions depend on.
 TINY_RECIPE = {

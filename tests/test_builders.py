@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-
 from helpers import tiny_vit
+
 from pace_cli.adapters import AdapterConfig, inject_adapters
 from pace_cli.builders import make_optimizer, maybe_compile
-from pace_cli.regularizer import PaceConfig, PaceRegularizer
 from pace_cli.recipe.schema import Recipe
+from pace_cli.regularizer import PaceConfig, PaceRegularizer
 
 
 def _recipe(**train):

@@ -31,7 +31,6 @@ def test_quickstart_passes_with_its_plan():
 def test_broken_recipe_lists_every_problem_at_once(tmp_path):
     wrong_width = tmp_path / "wrong.safetensors"
     import timm
-    import torch
     base = timm.create_model("vit_tiny_patch16_224", img_size=28, in_chans=1, patch_size=7, embed_dim=64, depth=6,
                              num_heads=4, num_classes=10)
     save_tensors(wrong_width, {k: v.contiguous() for k, v in base.state_dict().items()})

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-
 from fake_data import make_fake_data
+
 from pace_cli.check import check_recipe
 from pace_cli.recipe import load_recipe, recipe_to_toml
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import tiny_swin, tiny_vit
-from pace_cli.adapters import AdapterConfig, adapter_delta, adapter_state_dict, adapted_layers, inject_adapters
+
+from pace_cli.adapters import (
+    AdapterConfig, adapted_layers, adapter_delta, adapter_state_dict, inject_adapters, merge_state_dict,
+)
 from pace_cli.adapters.factored import low_rank_linear
-from pace_cli.adapters import merge_state_dict
 from pace_cli.adapters.fused import noisy_linear
 
 pytestmark = [

@@ -7,17 +7,17 @@ import json
 
 import pytest
 import torch
+from fake_data import make_fake_data
+from helpers import tiny_recipe_text
 from torch import nn
 from typer.testing import CliRunner
 
-from fake_data import make_fake_data
-from helpers import tiny_recipe_text
+from pace_cli.artifacts.base import export_base_weights
 from pace_cli.cli import app
 from pace_cli.data import PaceDataset
 from pace_cli.errors import PaceError
-from pace_cli.recipe import load_recipe, parse_recipe, recipe_to_toml
-from pace_cli.artifacts.base import export_base_weights
 from pace_cli.evaluation import head_indices, restricted_view, score_set
+from pace_cli.recipe import load_recipe, parse_recipe, recipe_to_toml
 
 runner = CliRunner()
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_recipe_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from helpers import tiny_recipe_text
 from pace_cli.data import build_dataset
 from pace_cli.errors import PaceError
 from pace_cli.recipe import parse_recipe

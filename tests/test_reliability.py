@@ -18,19 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_recipe_text
 from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from pace_cli.files import atomic
-from pace_cli.files import tensors as pio
 from pace_cli import models
-from pace_cli.files import lock
-from pace_cli.files.layout import CHECKPOINT_FILE
-from pace_cli.training.checkpoint import load_checkpoint
-from helpers import tiny_recipe_text
 from pace_cli.cli import app
 from pace_cli.errors import PaceError
+from pace_cli.files import atomic, lock
+from pace_cli.files import tensors as pio
+from pace_cli.files.layout import CHECKPOINT_FILE
+from pace_cli.training.checkpoint import load_checkpoint
 
 runner = CliRunner()
 

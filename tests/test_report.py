@@ -3,9 +3,9 @@ import json
 import struct
 
 import pytest
+from helpers import tiny_recipe_text
 from typer.testing import CliRunner
 
-from helpers import tiny_recipe_text
 from pace_cli.cli import app
 from pace_cli.errors import PaceError
 from pace_cli.recipe import parse_recipe

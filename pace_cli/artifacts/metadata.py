@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pace_cli import __version__
-from pace_cli import files
+from pace_cli import __version__, files
 from pace_cli.errors import PaceError
 
 ADAPTER_FORMAT = "pace-adapter"

@@ -9,14 +9,13 @@ from typing import Any
 
 from torch import Tensor
 
-from pace_cli import __version__
-from pace_cli import files
+from pace_cli import __version__, files
 from pace_cli.adapters import KINDS, kind_spec, merge_layer, split_adapter_state
 from pace_cli.artifacts.adapter_file import AdapterFile, read_adapter
-from pace_cli.artifacts.streaming_merge import LazySafetensors, base_fingerprint, stored_dtype
 from pace_cli.artifacts.peft_format import (
     EXPORT_FILES, PACE_METADATA_KEY, PEFT_CARD_FILE, PEFT_CONFIG_FILE, PEFT_KEY_PREFIX, PEFT_WEIGHTS_FILE,
 )
+from pace_cli.artifacts.streaming_merge import LazySafetensors, base_fingerprint, stored_dtype
 from pace_cli.errors import PaceError
 
 

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pace_cli import __version__
-from pace_cli import files
+from pace_cli import __version__, files
 from pace_cli.adapters import iter_merged, split_adapter_state
 from pace_cli.artifacts.adapter_file import MERGED_FORMAT, read_adapter
 from pace_cli.errors import PaceError

@@ -1,4 +1,4 @@
-"""--help that reads right: flags show no value, and docstring paragraphs reflow to the terminal.
+"""--help that reads right: flags show no value, arguments show their name, docstring paragraphs reflow.
 
 Typer's rich help prints a type after every option, ``<bool>`` for a flag too, which reads as if
 ``--json`` took a value; and in rich markup mode it keeps a docstring's line breaks, so text
@@ -28,11 +28,18 @@ def _flags_without_value(params) -> None:
             param.metavar = ""  # the type column shows the metavar: nothing, for an option that takes none
 
 
+def _arguments_by_name(params) -> None:
+    for param in params:
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = param.name.upper()  # `pace sweep [OPTIONS] RECIPE`, not `{recipe}`
+
+
 class _ReadableHelp:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.help = reflowed(self.help)
         _flags_without_value(self.params)
+        _arguments_by_name(self.params)
 
     def get_help_option(self, ctx):
         option = super().get_help_option(ctx)

@@ -83,7 +83,8 @@ def train(
     """
     from pace_cli import distributed
     from pace_cli.recipe import ineffective_settings, load_recipe
-    from pace_cli.training import TrainingInterrupted, train as run_training
+    from pace_cli.training import TrainingInterrupted
+    from pace_cli.training import train as run_training
 
     loaded = load_recipe(recipe, set_ or ())
     if nproc > 1:

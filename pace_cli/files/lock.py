@@ -23,7 +23,6 @@ from pace_cli.errors import PaceError
 from pace_cli.files.layout import LOCK_FILE
 
 
-
 def _start_time(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (Linux), so a recycled process id is not taken for the owner."""
     try:

@@ -13,14 +13,7 @@ import os
 import typing
 from typing import Annotated, Any, Callable, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pace_cli.data.sources import SOURCES, SourceSpec, only_read_by
 

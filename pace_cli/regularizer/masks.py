@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from pace_cli.adapters import sample_noise
 from pace_cli.distributed import SampleLayout
 
+
 class PairState:
     """Whether the batch flowing through the model right now is [x; x] (two copies of each sample),
     how many samples it holds (2B once duplicated), for the adapters' per-sample noise, and where

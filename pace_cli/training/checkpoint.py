@@ -18,8 +18,6 @@ from torch import Tensor
 from pace_cli import files
 from pace_cli.errors import PaceError, one_line
 from pace_cli.recipe import Recipe, recipe_to_dict
-from pace_cli.files.layout import CHECKPOINT_FILE
-
 
 # Keys that may change between an interrupted run and its resumption without changing what it
 # computes up to the interruption point.

@@ -21,24 +21,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from pace_cli import distributed
-from pace_cli.artifacts.metadata import AdapterMetadata, TrainingRecord
-from pace_cli import files
+from pace_cli import distributed, files
 from pace_cli.adapters import InjectionReport, adapter_state_dict, load_adapter_state_dict
-from pace_cli.training.checkpoint import (
-    Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
-)
+from pace_cli.artifacts.metadata import AdapterMetadata, TrainingRecord
 from pace_cli.builders import (
     build_adapted_model, build_dataset, make_optimizer, maybe_compile, pace_config, resolve_num_classes, timm_kwargs,
 )
 from pace_cli.data import make_loader
 from pace_cli.errors import PaceError, one_line
 from pace_cli.evaluation import EvalResult, evaluate
+from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE
 from pace_cli.files.lock import output_lock
 from pace_cli.models import base_fingerprints
-from pace_cli.regularizer.losses import LossParts, PaceRegularizer, fp_distance
 from pace_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
-from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE
+from pace_cli.regularizer.losses import LossParts, PaceRegularizer, fp_distance
+from pace_cli.training.checkpoint import (
+    Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
+)
 from pace_cli.training.loggers.base import MetricLogger
 from pace_cli.training.loggers.registry import metric_loggers
 from pace_cli.training.metrics import RunningSums, epoch_record, step_record

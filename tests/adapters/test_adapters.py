@@ -1,10 +1,11 @@
 import pytest
 import torch
+from helpers import MODEL_FACTORIES, tiny_swin, tiny_vit
 from torch import nn
 
-from helpers import MODEL_FACTORIES, tiny_swin, tiny_vit
 from pace_cli.adapters import (
-    AdaptedLinear, AdapterConfig, adapter_delta, adapter_state_dict, adapters_disabled, inject_adapters, load_adapter_state_dict,
+    AdaptedLinear, AdapterConfig, adapter_delta, adapter_state_dict, adapters_disabled, inject_adapters,
+    load_adapter_state_dict,
 )
 from pace_cli.adapters.kinds import KINDS
 from pace_cli.errors import PaceError

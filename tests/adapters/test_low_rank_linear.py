@@ -3,12 +3,13 @@ with and without PACE noise; and the layer's training, unmerged-eval and merged 
 
 import pytest
 import torch
+from helpers import tiny_swin, tiny_vit
 from torch import nn
 
-from helpers import tiny_swin, tiny_vit
-from pace_cli.adapters import AdaptedLinear, AdapterConfig, adapter_state_dict, adapted_layers, inject_adapters
+from pace_cli.adapters import (
+    AdaptedLinear, AdapterConfig, adapted_layers, adapter_state_dict, inject_adapters, merge_state_dict,
+)
 from pace_cli.adapters.factored import low_rank_linear
-from pace_cli.adapters import merge_state_dict
 
 
 def _dense_reference(x, w0, b0, a, b, db, z):

@@ -1,12 +1,11 @@
 import pytest
 import torch
+from helpers import tiny_swin, tiny_vit
 from torch import nn
 
-from helpers import tiny_swin, tiny_vit
-from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters, merge_layer, merge_state_dict
 from pace_cli.adapters.kinds import KINDS
 from pace_cli.errors import PaceError
-from pace_cli.adapters import merge_layer, merge_state_dict
 from pace_cli.regularizer import PaceConfig, PaceRegularizer
 
 MERGE_ERRORS: dict[str, float] = {}

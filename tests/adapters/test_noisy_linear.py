@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 from helpers import tiny_swin, tiny_vit
-from pace_cli.adapters import fused as nl
+
 from pace_cli.adapters import AdaptedLinear, AdapterConfig, inject_adapters
+from pace_cli.adapters import fused as nl
 from pace_cli.regularizer import PaceConfig, PaceRegularizer
 
 

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+import toy_kind
+from helpers import tiny_recipe_text, tiny_vit
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import toy_kind
-from helpers import tiny_recipe_text, tiny_vit
 from pace_cli import artifacts, files
 from pace_cli.adapters.kinds import KINDS
 from pace_cli.artifacts.base import export_base_weights

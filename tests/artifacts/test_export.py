@@ -17,14 +17,14 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from pace_cli import artifacts
+from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
+from pace_cli.artifacts import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
+from pace_cli.cli import app
+from pace_cli.evaluation import build_eval_model
 from pace_cli.files import atomic, header
 from pace_cli.files import tensors as pio
-from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
-from pace_cli.cli import app
-from pace_cli.artifacts import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, export_peft, import_peft
 from pace_cli.models import base_fingerprints, resolve_checkpoint
 from pace_cli.recipe import load_recipe, recipe_to_toml
-from pace_cli.evaluation import build_eval_model
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,6 +167,7 @@ def test_peft_loads_export_of_a_swin_adapter(tmp_path):
     """Swin's classifier sits at head.fc and its attention runs per window: the mapping is not ViT-specific."""
     peft = peft_or_skip()
     from helpers import tiny_swin
+
     from pace_cli.adapters import merge_state_dict
 
     base_state = tiny_swin(num_classes=4).state_dict()

@@ -7,16 +7,15 @@ import struct
 
 import pytest
 import torch
+from helpers import tiny_vit
 from safetensors.torch import load_file
 
 import pace_cli.files.tensors as pio
-from pace_cli.files import header
-from helpers import tiny_vit
 from pace_cli import artifacts
+from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters, merge_state_dict
 from pace_cli.artifacts import streaming_merge
-from pace_cli.adapters import AdapterConfig, adapter_state_dict, inject_adapters
 from pace_cli.errors import PaceError
-from pace_cli.adapters import merge_state_dict
+from pace_cli.files import header
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_recipe_text
 from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from helpers import tiny_recipe_text
 from pace_cli.cli import app
 
 runner = CliRunner()

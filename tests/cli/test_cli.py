@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from helpers import tiny_recipe_text
 from rich.text import Text
 from typer.testing import CliRunner
 
-from helpers import tiny_recipe_text
 from pace_cli.cli import app
 
 runner = CliRunner()

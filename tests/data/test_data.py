@@ -14,8 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pace_cli.data import SOURCES, PaceDataset, build_dataset, make_loader
-from pace_cli.data import digits
+from pace_cli.data import SOURCES, PaceDataset, build_dataset, digits, make_loader
 from pace_cli.data import loader as data_loader
 from pace_cli.errors import PaceError
 from pace_cli.recipe import DataSection, EvalTarget, Recipe

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_data import write_png
 from PIL import Image
 
-from fake_data import write_png
 from pace_cli.builders import build_dataset as build_from_recipe
 from pace_cli.data import build_dataset, make_loader
 from pace_cli.errors import PaceError

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
-
 import toy_source
 from helpers import tiny_recipe_text
+from typer.testing import CliRunner
+
 from pace_cli.cli import app
 from pace_cli.data.sources import SOURCES
 from pace_cli.errors import PaceError
 from pace_cli.recipe import parse_recipe
+
 
 def recipe_text(data: dict | None = None, **sections) -> str:
     """The tiny recipe on the toy source, with its own split names; ``data`` adds [data] keys."""

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pace_cli.files.tensors as pio
-from pace_cli.files import atomic, header, sizes
 from pace_cli.errors import PaceError
+from pace_cli.files import atomic, header, sizes
 
 
 def _tensors():

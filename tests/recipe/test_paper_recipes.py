@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fake_data import make_fake_data
+
 from pace_cli.builders import build_dataset, build_target_dataset
 from pace_cli.recipe import load_recipe
 

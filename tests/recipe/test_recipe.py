@@ -5,9 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pace_cli.errors import PaceError
-from pace_cli.recipe import (
-    SECTIONS, Recipe, apply_overrides, load_recipe, parse_recipe, recipe_to_dict, recipe_to_toml,
-)
+from pace_cli.recipe import SECTIONS, Recipe, apply_overrides, load_recipe, parse_recipe, recipe_to_dict, recipe_to_toml
 from pace_cli.recipe.toml import toml_document
 
 MINIMAL = """

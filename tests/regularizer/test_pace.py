@@ -1,8 +1,8 @@
 import pytest
 import torch
+from helpers import tiny_swin, tiny_vit
 from torch import nn
 
-from helpers import tiny_swin, tiny_vit
 from pace_cli.adapters import AdaptedLinear, AdapterConfig, inject_adapters
 from pace_cli.errors import PaceError
 from pace_cli.regularizer import PaceConfig, PaceRegularizer, fp_distance, sigma_schedule

@@ -3,9 +3,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import tiny_recipe_text
 from typer.testing import CliRunner
 
-from helpers import tiny_recipe_text
 from pace_cli.cli import app
 from pace_cli.errors import PaceError
 from pace_cli.sweep import (

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
 import reversed_backend
 from helpers import tiny_recipe_text
+
 from pace_cli.errors import PaceError
 from pace_cli.sweep import plan_sweep, run_sweep
 from pace_cli.sweep.backends import BACKENDS

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import tiny_recipe_text
+
 from pace_cli import distributed
-from pace_cli.files.layout import CHECKPOINT_FILE
-from pace_cli.training.checkpoint import load_checkpoint
 from pace_cli.data import build_dataset, make_loader
 from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
+from pace_cli.files.layout import CHECKPOINT_FILE
 from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe import parse_recipe
 from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger, train
+from pace_cli.training.checkpoint import load_checkpoint
 
 RECIPE = tiny_recipe_text(
     model={"drop_path_rate": 0.2},

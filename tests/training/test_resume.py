@@ -3,12 +3,12 @@ import signal
 
 import pytest
 import torch
-
 from helpers import tiny_recipe_text
+
 from pace_cli.errors import PaceError
 from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe import parse_recipe
-from pace_cli.training import StopRequest, TrainLogger, TrainingInterrupted, train
+from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger, train
 
 RECIPE = tiny_recipe_text(
     model={"drop_path_rate": 0.2},
