@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from pace_cli.errors import PaceError
+from pace_cli.errors import PaceError, one_line
 from pace_cli.recipe import Recipe, ineffective_settings, load_recipe
 
 # What each value costs in a training step, in bytes: fp32 weights of the whole model; for the
@@ -264,7 +264,7 @@ def _plan(report: CheckReport, recipe: Recipe, train_set, model: nn.Module, inje
         report.memory = estimate_memory(model, injection, shape, batch, p.variant, recipe.train.precision)
     except (RuntimeError, NotImplementedError) as error:  # an operation without a meta implementation
         report.notes.append(f"no memory estimate: {type(error).__name__} tracing the model on the meta device "
-                            f"({' '.join(str(error).split())[:120]})")
+                            f"({one_line(error)[:120]})")
 
 
 def saved_activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> int:
