@@ -144,7 +144,6 @@ def build_eval_model(recipe: Recipe, *, weights: Path | None = None, adapter: Pa
 def evaluate_recipe(recipe: Recipe, *, weights: Path | None = None, adapter: Path | None = None,
                     split: str | None = None, unmerged: bool = False) -> EvalResult:
     """Score one split (default: the test split) without the recipe's eval targets."""
-
     report = evaluate_targets(recipe, weights=weights, adapter=adapter, split=split, unmerged=unmerged, targets=[])
     return report.sets[0].result
 

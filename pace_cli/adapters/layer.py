@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pace_cli.adapters.delta import adapter_delta, plus
+from pace_cli.adapters.delta import adapter_delta, merged_weight_and_bias, plus
 from pace_cli.adapters.factored import low_rank_linear
 from pace_cli.adapters.fused import noisy_linear, worth_fusing
 from pace_cli.adapters.kinds import kind_spec
@@ -74,8 +74,7 @@ class AdaptedLinear(nn.Module):
         return adapter_delta(self.kind, self.weight, self.bias, self.adapter_tensors())
 
     def merged_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
-        delta_w, delta_b = self.delta()
-        return plus(self.weight, delta_w), plus(self.bias, delta_b)
+        return merged_weight_and_bias(self.kind, self.weight, self.bias, self.adapter_tensors())
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.adapter_enabled:

@@ -59,7 +59,7 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
                         "add images or pick another split")
     if shots is not None:
         _apply_shots(ds, int(shots), seed)
-    if cache_wanted(ds, cache) and spec.cacheable:
+    if cache_wanted(ds, cache):
         ds.enable_cache()
     return ds
 
