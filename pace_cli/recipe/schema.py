@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 import os
 import typing
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pace_cli.adapters.kinds import KINDS
 from pace_cli.data.sources import SOURCES, SourceSpec, only_read_by
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
@@ -147,14 +148,18 @@ def is_set(section: BaseModel, key: str) -> bool:
     return getattr(section, key) != type(section).model_fields[key].default
 
 
-def _known_source(name: str) -> str:
-    # read at validation time, so a source registered after import is accepted like the built-in ones
-    if name not in SOURCES:
-        raise ValueError("must be one of " + ", ".join(SOURCES))
-    return name
+def _registered(registry: Mapping[str, Any]) -> AfterValidator:
+    """A name that must be a key of ``registry``, looked up at validation time, so a row registered
+    after import is accepted like the built-in ones."""
+    def check(name: str) -> str:
+        if name not in registry:
+            raise ValueError("must be one of " + ", ".join(registry))
+        return name
+    return AfterValidator(check)
 
 
-SourceField = Annotated[str, AfterValidator(_known_source)]
+SourceField = Annotated[str, _registered(SOURCES)]
+KindField = Annotated[str, _registered(KINDS)]
 
 
 def _source_problems(section: BaseModel, rules: dict[str, Callable[[SourceSpec], bool]],
@@ -265,24 +270,14 @@ _DATA_SPLITS = ("train_split", "val_split", "test_split", "trainval_split")
 
 
 class AdapterSection(_Section):
-    kind: str = Field("lora_mul+vpt_add", description="Adapter type inserted into the backbone (a row of "
-                      "pace_cli.adapters.kinds.KINDS).")
+    kind: KindField = Field("lora_mul+vpt_add", description="Adapter type inserted into the backbone (a row of "
+                            "pace_cli.adapters.kinds.KINDS).")
     rank: int = Field(10, gt=0, description="Adapter bottleneck rank.")
     targets: list[str] = Field(
         ["qkv", "proj", "fc1", "fc2"],
         min_length=1,
         description="Name patterns of nn.Linear layers inside transformer blocks to adapt.",
     )
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, v: str) -> str:
-        # read at validation time, so a kind registered after import is accepted like the built-in ones
-        from pace_cli.adapters.kinds import KINDS
-
-        if v not in KINDS:
-            raise ValueError("must be one of " + ", ".join(KINDS))
-        return v
 
     @field_validator("targets")
     @classmethod
