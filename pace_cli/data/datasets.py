@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pace_cli.data.lists import check_listed_files
 from pace_cli.data.transforms import Transform
 from pace_cli.errors import PaceError
+
+if TYPE_CHECKING:
+    from pace_cli.data.sources import SourceRequest
 
 # Crops follow the common Resize(256) -> crop(224) recipe, scaled to image_size.
 RESIZE_RATIO = 256 / 224
@@ -191,7 +195,21 @@ class CropFileDataset(FileDataset):
         self.augment = bool(augment)
         self.aug_seed = int(aug_seed)
         self.epoch: int | None = None
-        self.class_ids: list[int] = []  # raw id of each class, in class order (set by builders)
+        self.class_ids: list[int] = []  # raw id of each class, in class order (set by from_listing)
+
+    @classmethod
+    def from_listing(cls, request: SourceRequest, folder: Path, rels: Sequence[str], labels: list[int],
+                     class_ids: Sequence[int], where: Sequence[str]) -> CropFileDataset:
+        """The listed images under ``folder``, each of which must exist (``where`` says where it was listed).
+
+        ``class_ids`` are the raw ids of the classes in class order, named after them.
+        """
+        paths = [folder / rel for rel in rels]
+        check_listed_files(paths, where)
+        ds = cls(paths, folder, augment=request.train, aug_seed=request.seed, classes=[str(c) for c in class_ids],
+                 labels=labels, **request.common())
+        ds.class_ids = list(class_ids)
+        return ds
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

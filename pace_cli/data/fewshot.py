@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 
 from pace_cli.data.datasets import CropFileDataset, PaceDataset
-from pace_cli.data.lists import check_listed_files, class_ids, pick_image_folder, read_label_list
+from pace_cli.data.lists import class_ids, pick_image_folder, read_label_list
 from pace_cli.data.sources import SourceRequest
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import FewshotLayout
@@ -76,9 +76,5 @@ def build(request: SourceRequest, *, image_dir: str | None = None, fewshot_layou
     rels = [rel for rel, _, _ in entries]
     candidates = [image_dir] if image_dir is not None else [default_dir]
     folder = pick_image_folder(root, rels, candidates, explicit=True, listing=list_file)
-    paths = [folder / rel for rel in rels]
-    check_listed_files(paths, [f"on line {ln} of {list_file}" for _, _, ln in entries])
-    ds = CropFileDataset(paths, folder, augment=request.train, aug_seed=seed, classes=[str(c) for c in ordered],
-                         labels=labels, **request.common())
-    ds.class_ids = ordered
-    return ds
+    return CropFileDataset.from_listing(request, folder, rels, labels, ordered,
+                                        [f"on line {ln} of {list_file}" for _, _, ln in entries])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pace_cli.data.datasets import CropFileDataset, PaceDataset
-from pace_cli.data.lists import check_listed_files, class_ids, pick_image_folder, read_fgvc_json
+from pace_cli.data.lists import class_ids, pick_image_folder, read_fgvc_json
 from pace_cli.data.sources import SourceRequest
 from pace_cli.errors import PaceError
 
@@ -40,9 +40,5 @@ def build(request: SourceRequest, *, image_dir: str | None = None) -> PaceDatase
     rels = [rel for rel, _, _ in entries]
     candidates = [image_dir] if image_dir is not None else list(FGVC_IMAGE_DIRS)
     folder = pick_image_folder(root, rels, candidates, explicit=image_dir is not None, listing=entries[0][2])
-    paths = [folder / rel for rel in rels]
-    check_listed_files(paths, [f"in {listing}" for _, _, listing in entries])
-    ds = CropFileDataset(paths, folder, augment=request.train, aug_seed=request.seed,
-                         classes=[str(c) for c in ordered], labels=labels, **request.common())
-    ds.class_ids = ordered
-    return ds
+    return CropFileDataset.from_listing(request, folder, rels, labels, ordered,
+                                        [f"in {listing}" for _, _, listing in entries])
