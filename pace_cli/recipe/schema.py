@@ -44,6 +44,7 @@ KwargValue = Annotated[Any, AfterValidator(_check_kwarg_value)]
 # The enums of the recipe, written once; the modules that act on them take their tuples from
 # these with typing.get_args.
 PaceVariant = Literal["off", "pace", "lazy", "fast"]
+LrSchedule = Literal["per_step", "epoch"]
 FewshotLayout = Literal["fgvc", "imagenet"]
 
 
@@ -304,6 +305,10 @@ class OptimSection(_Section):
     min_lr: float = Field(1e-5, ge=0, description="Final learning rate of the cosine schedule.")
     warmup_start_lr: float = Field(1e-6, ge=0, description="Learning rate at the start of warmup.")
     grad_clip: float | None = Field(None, gt=0, description="Max gradient norm; unset = no clipping.")
+    schedule: LrSchedule = Field(
+        "per_step", description="per_step: warm-up and cosine set every step; epoch: the authors' timm "
+        "CosineLRScheduler stepped once per epoch."
+    )
 
 
 class TrainSection(_Section):
@@ -317,6 +322,10 @@ class TrainSection(_Section):
     checkpoint_every: int = Field(
         0, ge=0, description="Also save a training checkpoint every N steps (one is always saved at "
         "each epoch end and on Ctrl-C); 0 = epoch ends only."
+    )
+    val_grad_norm: bool = Field(
+        False, description="At evaluated epochs also log the norm of the validation cross-entropy's gradient "
+        "over the trainable tensors (needs [data] val_split)."
     )
 
 
@@ -391,6 +400,13 @@ class Recipe(BaseModel):
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _val_grad_norm_has_a_split(self) -> Recipe:
+        if self.train.val_grad_norm and self.data.val_split is None:
+            raise ValueError("[train] val_grad_norm = true measures on the validation split, but [data] val_split "
+                             "is empty; set val_split or val_grad_norm = false")
+        return self
 
 
 SECTIONS: tuple[str, ...] = tuple(Recipe.model_fields)

@@ -206,6 +206,8 @@ def _final_run(recipe_path: Path, overrides: Sequence[str], setting: Setting, se
     run_dir = sweep_dir / FINAL_FOLDER / f"{setting.name}_seed-{seed}"
     data = grid_recipe.data
     phase = [f"data.train_split={json.dumps(data.trainval_split)}", 'data.val_split=""']
+    if grid_recipe.train.val_grad_norm:  # it measures on val, which a final run does not have
+        phase.append("train.val_grad_norm=false")
     return PlannedRun("final", setting, seed, _run_recipe(recipe_path, overrides, setting, seed, run_dir, phase), run_dir)
 
 

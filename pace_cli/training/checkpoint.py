@@ -25,6 +25,7 @@ HARMLESS_KEYS = {
     ("train", "epochs"), ("train", "eval_every"), ("train", "log_every"), ("train", "checkpoint_every"),
     ("train", "device"), ("data", "num_workers"), ("data", "eval_batch_size"), ("output", "dir"),
     ("data", "cache"), ("train", "compile"),
+    ("train", "val_grad_norm"),  # a measurement that restores every generator it could touch
     ("eval", "targets"),  # scored by `pace eval` only; training never reads them
 }
 

@@ -40,9 +40,10 @@ from pace_cli.training.checkpoint import (
 )
 from pace_cli.training.loggers.base import MetricLogger
 from pace_cli.training.loggers.registry import metric_loggers
-from pace_cli.training.metrics import RunningSums, epoch_record, step_record
+from pace_cli.training.metrics import RunningSums, epoch_record, step_record, validation_fields
 from pace_cli.training.schedule import LearningRateSchedule
 from pace_cli.training.stop import StopRequest, TrainingInterrupted, stop_on_signals
+from pace_cli.training.val_grad import validation_gradient_norm
 
 # Where every run's records go; trackers named in TRACKERS would be added after it.
 _METRIC_LOGGERS = ("jsonl",)
@@ -366,7 +367,10 @@ class _Epochs:
             self.val_result = evaluate(run.model, run.val_loader, class_names=run.class_names(),
                                        split=run.val_set.split, device=run.device, autocast_dtype=run.amp_dtype,
                                        sharded=run.world.distributed)
-            record.update(val_top1=self.val_result.top1, val_loss=self.val_result.loss)
+            grad_norm = validation_gradient_norm(
+                run.model, run.val_loader, run.params, device=run.device, autocast_dtype=run.amp_dtype,
+                sharded=run.world.distributed) if run.recipe.train.val_grad_norm else None
+            record.update(validation_fields(self.val_result, grad_norm=grad_norm))
         self._log(record)
         self.progress.epoch(record)
         self._save(Position(self.step, epoch + 1, 0), {}, run.loader.generator.get_state())

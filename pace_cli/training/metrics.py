@@ -93,7 +93,11 @@ def step_record(sums: dict[str, float], *, epoch: int, step: int, lr: float, sec
 
 def epoch_record(sums: dict[str, float], *, epoch: int, step: int, steps_per_epoch: int, lr: float,
                  fp_distance: float, seconds: float) -> dict[str, Any]:
-    """An epoch's means (``sums`` over the whole epoch); validation, when run, is added by the loop."""
+    """An epoch's means (``sums`` over the whole epoch); validation, when run, adds :func:`validation_fields`.
+
+    ``lr`` is the rate the epoch's last step trained at; ``grad_norm`` is the training gradient's
+    norm (before clipping), which `pace report` plots.
+    """
     return {
         "type": "epoch", "epoch": epoch + 1, "step": step,
         "train_loss": sums["loss"] / steps_per_epoch,
@@ -105,3 +109,12 @@ def epoch_record(sums: dict[str, float], *, epoch: int, step: int, steps_per_epo
         "fp_distance": fp_distance,
         "seconds": seconds,
     }
+
+
+def validation_fields(result, *, grad_norm: float | None = None) -> dict[str, Any]:
+    """What an evaluated epoch adds to its record: top-1 and mean loss on the validation split,
+    and ``val_grad_norm`` (the norm of that loss's gradient, :mod:`.val_grad`) when it was measured."""
+    fields: dict[str, Any] = {"val_top1": result.top1, "val_loss": result.loss}
+    if grad_norm is not None:
+        fields["val_grad_norm"] = grad_norm
+    return fields

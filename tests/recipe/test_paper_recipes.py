@@ -66,6 +66,7 @@ def test_paper_recipes_share_one_base_and_the_paper_settings():
         assert r.data.batch_size == 64 and r.optim.warmup_epochs == 10 and r.model.drop_path_rate == 0.1, name
         assert r.data.image_size == 224 and r.data.mean == [0.485, 0.456, 0.406], name
         assert r.train.epochs == (300 if name.startswith("vtab1k/") else 100), name
+        assert r.optim.schedule == "epoch" and (r.optim.warmup_start_lr, r.optim.min_lr) == (1e-6, 1e-5), name
 
 
 def test_paper_recipes_match_tables_7_to_10():
