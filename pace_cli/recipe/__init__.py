@@ -20,6 +20,7 @@ _EXPORTS = {
     "EvalTarget": "schema",
     "FewshotLayout": "schema",
     "KwargValue": "schema",
+    "LrSchedule": "schema",
     "ModelSection": "schema",
     "OptimSection": "schema",
     "OutputSection": "schema",

@@ -23,6 +23,7 @@ _EXPORTS = {
     "class_names": "loop",
     "train": "loop",
     "LearningRateSchedule": "schedule",
+    "epoch_learning_rate": "schedule",
     "learning_rate": "schedule",
     "StopRequest": "stop",
     "TrainingInterrupted": "stop",

@@ -18,12 +18,9 @@
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass
 
 from pace_cli.recipe.schema import LrSchedule
-
-SCHEDULES: tuple[str, ...] = typing.get_args(LrSchedule)
 
 
 def learning_rate(step: int, *, total_steps: int, warmup_steps: int, peak: float, start: float,
