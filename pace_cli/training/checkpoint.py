@@ -186,9 +186,30 @@ def recipe_differences(saved: dict[str, Any], current: Recipe) -> list[str]:
     now = recipe_to_dict(current)
     differences = []
     for section in sorted(set(saved) | set(now)):
-        old, new = saved.get(section, {}), now.get(section, {})
+        old, new = _with_defaults(saved.get(section, {}), getattr(current, section, None)), now.get(section, {})
         for key in sorted(set(old) | set(new)):
             if (section, key) in HARMLESS_KEYS or old.get(key) == new.get(key):
                 continue
             differences.append(f"[{section}] {key}: {old.get(key)!r} -> {new.get(key)!r}")
     return differences
+
+
+def _with_defaults(saved_section: dict[str, Any], current_section) -> dict[str, Any]:
+    """A saved section with the keys added since it was written, at their defaults: a checkpoint
+    from an older pace resumes when the recipe leaves the new keys alone."""
+    if current_section is None:
+        return saved_section
+    filled = dict(saved_section)
+    for name, field in type(current_section).model_fields.items():
+        key = field.alias or name
+        if key not in filled and not field.is_required():
+            filled[key] = _json_value(field.get_default(call_default_factory=True))
+    return filled
+
+
+def _json_value(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value

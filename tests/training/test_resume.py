@@ -124,3 +124,14 @@ def test_sigterm_to_the_cli_saves_and_resume_finishes(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "adapter.safetensors").is_file()
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_at_that_keys_default():
+    from pace_cli.recipe import recipe_to_dict
+    from pace_cli.training import recipe_differences
+
+    saved = recipe_to_dict(parse_recipe(RECIPE))
+    del saved["optim"]["schedule"]  # written by a pace that had no [optim] schedule
+    assert recipe_differences(saved, parse_recipe(RECIPE)) == []
+    changed = recipe_differences(saved, parse_recipe(RECIPE, ["optim.schedule=epoch"]))
+    assert changed == ["[optim] schedule: 'per_step' -> 'epoch'"]
