@@ -67,10 +67,13 @@ for k in 2 8; do
   cp "$SWEEP_ROOT/k$k.log" "$RESULTS/k$k.log"
   # One image per k: the curves of the two chosen settings' final runs (seed 0), overlaid, and
   # the PACE λ × σ heat map. The final folder may also hold finals of a setting that was best
-  # before the grid grew, so the best is read from sweep.json.
+  # before the grid grew, so the best is read from sweep.json. Under shots the final runs are the
+  # grid runs scored on test (runs/, not final/), so their folders are read from sweep.json too.
   best_off=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['best']['setting'])" "$SWEEP_ROOT/k$k/off/sweep.json")
   best_pace=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['best']['setting'])" "$SWEEP_ROOT/k$k/pace/sweep.json")
-  $PACE report "$SWEEP_ROOT/k$k/off/final/${best_off}_seed-0" "$SWEEP_ROOT/k$k/pace/final/${best_pace}_seed-0" \
+  seed0_final='import json,sys; print(next(r["run_dir"] for r in json.load(open(sys.argv[1]))["runs"] if r["phase"] == "final" and r["seed"] == 0))'
+  $PACE report "$(python -c "$seed0_final" "$SWEEP_ROOT/k$k/off/sweep.json")" \
+    "$(python -c "$seed0_final" "$SWEEP_ROOT/k$k/pace/sweep.json")" \
     "$SWEEP_ROOT/k$k/pace" --label "off ($best_off)" --label "pace ($best_pace)" --label "pace sweep, k = $k" \
     -o "$RESULTS/k$k-report.png" --overwrite
 done

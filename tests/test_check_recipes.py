@@ -38,20 +38,30 @@ def write_sparse_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]) -> 
 
 
 @pytest.fixture(scope="module")
-def shared_base(tmp_path_factory) -> Path:
-    """The ViT-B/16 base every paper recipe names, as `pace export-base` would write it (head excluded)."""
-    with torch.device("meta"):
-        model = timm.create_model("vit_base_patch16_224", num_classes=0)
-    path = tmp_path_factory.mktemp("bases") / "vit_b16_in21k.safetensors"
-    write_sparse_safetensors(path, {k: tuple(v.shape) for k, v in model.state_dict().items()})
-    return path
+def base_for(tmp_path_factory):
+    """The base a recipe's model names, as `pace export-base` would write it (head excluded), one file per
+    architecture: the ViT-B/16 every paper recipe shares, and Table 5's Swin-B and LAION ViT-B."""
+    made: dict[str, Path] = {}
+
+    def base(model_name: str) -> Path:
+        architecture = model_name.split(".")[0]
+        if architecture not in made:
+            with torch.device("meta"):
+                model = timm.create_model(architecture, num_classes=0)
+            path = tmp_path_factory.mktemp("bases") / f"{architecture}.safetensors"
+            write_sparse_safetensors(path, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+            made[architecture] = path
+        return made[architecture]
+
+    return base
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=IDS)
-def test_check_passes_on_every_shipped_recipe(path, tmp_path, shared_base):
+def test_check_passes_on_every_shipped_recipe(path, tmp_path, base_for):
     recipe = make_fake_data(load_recipe(path), tmp_path / "data")
     if recipe.model.checkpoint and not recipe.model.checkpoint.startswith("builtin:"):
-        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"checkpoint": str(shared_base)})})
+        base = str(base_for(recipe.model.name))
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"checkpoint": base})})
     faked = tmp_path / "recipe.toml"
     faked.write_text(recipe_to_toml(recipe))
     report = check_recipe(faked)

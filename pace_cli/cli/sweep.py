@@ -1,4 +1,4 @@
-"""`pace sweep`: train a grid of settings over seeds, rank them, optionally retrain the best; show it live."""
+"""`pace sweep`: train a grid of settings over seeds, rank them, optionally score the best on test; show it live."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pace_cli.cli.common import SetOption, console, print_json
+from pace_cli.cli.common import SetOption, console, print_json, warn
 
 
 def sweep(
@@ -18,15 +18,17 @@ def sweep(
         "--grid", "-g", metavar="SECTION.KEY=V1,V2,...",
         help="A recipe key and its values (repeatable; the grid is every combination; keys validated like --set).")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated; each sets train.seed and data.seed.")] = "0",
-    final: Annotated[bool, typer.Option("--final", help="Retrain the best setting on \\[data] trainval_split with every "
-                                        "seed and score it on the test split.")] = False,
+    final: Annotated[bool, typer.Option("--final", help="Score the best setting on the test split with every seed. "
+                                        "Under \\[data] shots (every fewshot recipe): its grid runs' adapters, not "
+                                        "retrained (the few-shot protocol keeps the training images). Otherwise: "
+                                        "retrained on \\[data] trainval_split first, in DIR/final/.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue interrupted runs from their checkpoints.")] = False,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
                                              help="Sweep folder (one run folder per setting and seed).")] = Path("runs/sweep"),
     set_: SetOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print sweep.json's content instead of tables.")] = False,
 ):
-    """Train a grid of settings over seeds, rank them by mean validation top-1, optionally retrain the best.
+    """Train a grid of settings over seeds, rank them by mean validation top-1, optionally score the best on test.
 
     Example: [bold]pace sweep recipes/quickstart.toml --grid pace.lambda=0.1,0.5,1 --grid pace.sigma=0.5,1,1.5
     --seeds 0,1,2 --final -o runs/sweep[/]
@@ -40,6 +42,9 @@ def sweep(
     plan = plan_sweep(recipe, output_dir, grid=grid or (), seeds=parse_seeds(seeds), overrides=set_ or (),
                       final=final)
     speaks = is_rank_zero()  # under torchrun every rank trains; rank 0 reports
+    if speaks:
+        for note in plan.notes:
+            warn(note)
     logger = RichSweepLogger(quiet=json_output or not speaks)
     try:
         result = run_sweep(plan, resume=resume, logger=logger)
@@ -109,12 +114,14 @@ def render_sweep(result) -> None:
     finals = result.final_runs
     if not finals:
         return
-    table = Table(title=f"final: {result.best.setting} retrained on train + val, scored on test")
+    # The title says whether the final runs were retrained or are the grid runs scored as they were.
+    table = Table(title=f"final: {result.best.setting}, {result.final_protocol}")
     table.add_column("seed", justify="right")
     table.add_column("test top-1 %", justify="right")
+    table.add_column("run folder", justify="left")
     for outcome in finals:
-        table.add_row(str(outcome.seed), _percent(outcome.test_top1))
+        table.add_row(str(outcome.seed), _percent(outcome.test_top1), outcome.run_dir)
     tests = [o.test_top1 for o in finals if o.test_top1 is not None]
     if tests:
-        table.add_row("mean", _percent(sum(tests) / len(tests)), style="bold")
+        table.add_row("mean", _percent(sum(tests) / len(tests)), "", style="bold")
     console.print(table)

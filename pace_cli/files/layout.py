@@ -11,4 +11,4 @@ SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
 GRID_FOLDER = "runs"  # DIR/runs/<setting>_seed-<s>/
 FINAL_FOLDER = "final"  # DIR/final/<setting>_seed-<s>/
-TEST_FILE = "test.json"  # a final run's test score
+TEST_FILE = "test.json"  # a final run's test score (under shots: beside the grid run's adapter it scored)

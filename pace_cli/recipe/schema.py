@@ -213,7 +213,7 @@ class DataSection(_Section):
     test_split: str | None = Field("test", description="Test split; empty string = none.")
     trainval_split: str | None = Field(
         None, description="Split holding train + val together (e.g. 'trainval', 'train800val200'): "
-        "`pace sweep --final` retrains the chosen setting on it; empty string = none."
+        "`pace sweep --final` retrains the chosen setting on it when shots is unset; empty string = none."
     )
     batch_size: int = Field(64, gt=0, description="Training batch size.")
     eval_batch_size: int = Field(256, gt=0, description="Evaluation batch size.")

@@ -18,6 +18,7 @@ _EXPORTS = {
     "SEED_KEYS": "plan",
     "Setting": "plan",
     "SweepPlan": "plan",
+    "final_job": "plan",
     "final_runs": "plan",
     "grid_settings": "plan",
     "parse_grid": "plan",

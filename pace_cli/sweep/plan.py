@@ -1,5 +1,10 @@
 """Planning a sweep: the grid from ``--grid``, its settings, and every run's recipe, validated up front.
 
+What ``--final`` does depends on the recipe's data (:func:`final_job`): with ``[data] shots``
+(every ``fewshot`` recipe has them) the few-shot protocol keeps the k training images and uses
+validation only to choose, so the chosen setting's grid runs are the final ones and are scored on
+test; otherwise the setting is retrained on ``[data] trainval_split`` (VTAB-1K's protocol).
+
 A seed sets both ``train.seed`` (initialisation, noise, shuffling) and ``data.seed`` (which k
 images a few-shot recipe draws): every setting then sees the same images for the same seed, so
 settings are compared on paired data, and the spread over seeds includes the choice of images,
@@ -11,13 +16,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import FINAL_FOLDER, GRID_FOLDER
-from pace_cli.recipe import Recipe, load_recipe
+from pace_cli.recipe import DataSection, Recipe, load_recipe
 
 SEED_KEYS = ("train.seed", "data.seed")
 
@@ -125,13 +130,29 @@ def grid_settings(axes: Sequence[GridAxis]) -> list[Setting]:
     return settings
 
 
+# A planned run's job: "train" trains run_dir (or reuses it when finished) and scores it;
+# "score" scores the finished adapter in run_dir on the test split and trains nothing.
+JOBS = ("train", "score")
+
+
 @dataclass
 class PlannedRun:
-    phase: str  # "grid" (train split, scored on val) or "final" (train + val, scored on test)
+    phase: str  # "grid" (train split, scored on val) or "final" (scored on test)
     setting: Setting
     seed: int
     recipe: Recipe
     run_dir: Path
+    job: str = "train"  # one of JOBS
+
+    @property
+    def protocol(self) -> str:
+        """What the run does to get its score, as the sweep's tables say it."""
+        data = self.recipe.data
+        if self.phase == "grid":
+            return f"trained on {data.train_split}, scored on {data.val_split}"
+        if self.job == "score":
+            return f"scored on {data.test_split}, not retrained (the grid run's adapter)"
+        return f"retrained on {data.train_split}, scored on {data.test_split}"
 
 
 @dataclass
@@ -144,6 +165,9 @@ class SweepPlan:
     runs: list[PlannedRun]  # the grid runs; the final runs depend on their outcome
     sweep_dir: Path
     final: bool
+    final_job: str | None = None  # with final: "train" (retrain on trainval_split) or "score" (see final_job)
+    final_protocol: str | None = None  # with final: what the final runs do, as the tables say it
+    notes: list[str] = field(default_factory=list)  # settings of the recipe this sweep does not use (warnings)
 
 
 def _run_recipe(recipe_path: Path, overrides: Sequence[str], setting: Setting, seed: int, run_dir: Path,
@@ -190,32 +214,57 @@ def plan_sweep(recipe_path: str | Path, sweep_dir: str | Path, *, grid: Sequence
     if not data.val_split:
         raise PaceError(f"recipe '{recipe_path}' has no [data] val_split; a sweep ranks settings on validation, "
                         "set val_split (e.g. \"val\")")
+    job = protocol = None
+    notes = []
     if final:
-        if not data.trainval_split:
-            raise PaceError(f"--final retrains on train + val but recipe '{recipe_path}' has no [data] trainval_split; "
-                            "set it, e.g. trainval_split = \"trainval\" (digits, fashion-mnist) or \"train800val200\" (vtab1k)")
         if not data.test_split:
             raise PaceError(f"--final scores on the test split but recipe '{recipe_path}' has no [data] test_split; set it")
-        # Validate a final recipe too: the phase overrides can fail (e.g. a bad split name).
-        _final_run(recipe_path, overrides, settings[0], seeds[0], sweep_dir, runs[0].recipe)
-    return SweepPlan(recipe_path, overrides, axes, list(seeds), settings, runs, sweep_dir, final)
+        job = final_job(data, recipe_path)
+        # Plan one final run now: its recipe can fail (e.g. a bad trainval_split name), and it says the protocol.
+        example = _final_run(recipe_path, overrides, settings[0], seeds[0], sweep_dir, runs[0], job)
+        protocol = example.protocol
+        if job == "score" and data.trainval_split:
+            notes.append(f"[data] trainval_split = {data.trainval_split!r} set but not used: under shots, --final "
+                         "scores the grid runs' adapters on test instead of retraining (it is read only when shots "
+                         "is unset)")
+    return SweepPlan(recipe_path, overrides, axes, list(seeds), settings, runs, sweep_dir, final, job, protocol, notes)
+
+
+def final_job(data: DataSection, recipe_path: Path | str = "the recipe") -> str:
+    """How ``--final`` gets the chosen setting's test scores from this ``[data]``: one of :data:`JOBS`.
+
+    ``"score"`` under ``shots`` (every ``fewshot`` recipe sets them): the few-shot protocol trains on
+    the k images and uses validation only to choose, so the grid runs' adapters are the final ones.
+    Retraining on train + val would draw k other images from the larger pool (or, for NOAH's lists,
+    has no such split). ``"train"`` with a ``trainval_split`` and no shots: retrain on it.
+    """
+    if data.shots is not None:
+        return "score"
+    if data.trainval_split:
+        return "train"
+    raise PaceError(f"--final needs [data] trainval_split to retrain on and recipe '{recipe_path}' has none; set "
+                    "trainval_split (e.g. \"train800val200\" for vtab1k, \"trainval\" for digits or fashion-mnist), "
+                    "or shots = k to score the chosen setting's k-shot grid runs on test instead")
 
 
 def _final_run(recipe_path: Path, overrides: Sequence[str], setting: Setting, seed: int, sweep_dir: Path,
-               grid_recipe: Recipe) -> PlannedRun:
+               grid_run: PlannedRun, job: str) -> PlannedRun:
+    if job == "score":  # the grid run's own folder: its adapter is scored, nothing new is trained
+        return PlannedRun("final", setting, seed, grid_run.recipe, grid_run.run_dir, job="score")
     run_dir = sweep_dir / FINAL_FOLDER / f"{setting.name}_seed-{seed}"
-    data = grid_recipe.data
+    data = grid_run.recipe.data
     phase = [f"data.train_split={json.dumps(data.trainval_split)}", 'data.val_split=""']
-    if grid_recipe.train.val_grad_norm:  # it measures on val, which a final run does not have
+    if grid_run.recipe.train.val_grad_norm:  # it measures on val, which a final run does not have
         phase.append("train.val_grad_norm=false")
     return PlannedRun("final", setting, seed, _run_recipe(recipe_path, overrides, setting, seed, run_dir, phase), run_dir)
 
 
 def final_runs(plan: SweepPlan, setting_name: str) -> list[PlannedRun]:
-    """The best setting retrained on train + val, once per seed, in seed order."""
+    """The best setting's final runs, once per seed, in seed order: retrained on train + val, or its
+    grid runs to score on test (see :func:`final_job`)."""
     best = next(s for s in plan.settings if s.name == setting_name)
     runs = []
     for seed in plan.seeds:
-        grid_recipe = next(r.recipe for r in plan.runs if r.setting is best and r.seed == seed)
-        runs.append(_final_run(plan.recipe_path, plan.overrides, best, seed, plan.sweep_dir, grid_recipe))
+        grid_run = next(r for r in plan.runs if r.setting is best and r.seed == seed)
+        runs.append(_final_run(plan.recipe_path, plan.overrides, best, seed, plan.sweep_dir, grid_run, plan.final_job))
     return runs

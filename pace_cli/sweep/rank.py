@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pace_cli.sweep.plan import GridAxis, Setting
+from pace_cli.sweep.plan import GridAxis, PlannedRun, Setting
 
 
 @dataclass
@@ -21,12 +21,19 @@ class RunOutcome:
     values: dict[str, Any]
     seed: int
     run_dir: str
-    status: str  # trained, resumed, skipped (already complete)
+    status: str  # trained, resumed, scored (a grid run's adapter, on test), skipped (already complete)
     val_top1: float | None = None
     val_loss: float | None = None
     test_top1: float | None = None
     test_loss: float | None = None
     seconds: float = 0.0
+    protocol: str = ""  # what the run did to get its score (PlannedRun.protocol)
+
+    @classmethod
+    def of(cls, run: PlannedRun, status: str) -> RunOutcome:
+        """The outcome of ``run``, its score still to be filled in."""
+        return cls(run.phase, run.setting.name, dict(run.setting.values), run.seed, str(run.run_dir), status,
+                   protocol=run.protocol)
 
 
 @dataclass
@@ -75,6 +82,7 @@ class SweepResult:
     runs: list[RunOutcome] = field(default_factory=list)
     ranking: list[SettingScore] = field(default_factory=list)
     complete: bool = False
+    final_protocol: str | None = None  # with --final: what the final runs do (SweepPlan.final_protocol)
 
     @property
     def best(self) -> SettingScore | None:
@@ -92,6 +100,7 @@ class SweepResult:
             "seeds": self.seeds,
             "ranking": [asdict(score) for score in self.ranking],
             "best": asdict(self.best) if self.best else None,
+            "final_protocol": self.final_protocol,
             "final_test_top1_mean": sum(tests) / len(tests) if tests else None,
             "runs": [asdict(outcome) for outcome in self.runs],
         }

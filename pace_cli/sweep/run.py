@@ -2,8 +2,9 @@
 
 The protocol is the paper's: every setting of the grid is trained on the train split with each
 seed and scored on the validation split; settings are ranked by their mean validation top-1 over
-the seeds; with ``final`` the best setting is retrained on the train + val split
-(``[data] trainval_split``) with each seed and scored once on the test split.
+the seeds; with ``final`` the best setting is scored once on the test split with each seed:
+retrained on the train + val split (``[data] trainval_split``), or, under ``[data] shots`` (the
+few-shot protocol), as its grid runs trained it (:func:`~pace_cli.sweep.plan.final_job`).
 
 Each run is a normal `pace train` output folder (adapter, metrics.jsonl, recipe.toml) under the
 sweep folder, so a run already complete is skipped and an interrupted one resumes from its
@@ -26,7 +27,8 @@ from pace_cli.training.stop import StopRequest
 def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | None = None,
               stop: StopRequest | threading.Event | None = None,
               backend: SweepBackend | str = "sequential") -> SweepResult:
-    """Train every grid run (skipping finished ones), rank the settings, then the final runs if asked.
+    """Train every grid run (skipping finished ones), rank the settings, then the final runs if asked
+    (retrained, or the grid runs' adapters scored on test: both are planned runs the backend runs).
 
     sweep.json and sweep.csv are rewritten after every run, so an interrupted sweep leaves a
     correct table of what finished. Ctrl-C stops the current run at its next step with its
@@ -49,7 +51,8 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
 
 def _run_sweep(plan: SweepPlan, *, resume: bool, logger: SweepLogger, stop: StopRequest,
                backend: SweepBackend) -> SweepResult:
-    result = SweepResult(plan.sweep_dir, str(plan.recipe_path), plan.axes, plan.seeds, list(plan.overrides))
+    result = SweepResult(plan.sweep_dir, str(plan.recipe_path), plan.axes, plan.seeds, list(plan.overrides),
+                         final_protocol=plan.final_protocol)
     total = len(plan.runs) + (len(plan.seeds) if plan.final else 0)
     logger.start(runs=total, settings=len(plan.settings), seeds=len(plan.seeds))
     # One stop request for the whole sweep: a Ctrl-C that lands while a run evaluates its last

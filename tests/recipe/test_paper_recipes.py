@@ -8,7 +8,7 @@ import pytest
 from fake_data import make_fake_data
 
 from pace_cli.builders import build_dataset, build_target_dataset
-from pace_cli.recipe import load_recipe
+from pace_cli.recipe import load_recipe, recipe_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").rglob("*.toml"))
@@ -31,6 +31,15 @@ FEWSHOT = {"aircraft": (14, 5e-3, 100), "food101": (10, 5e-3, 101), "flowers102"
            "pets": (18, 2e-3, 37), "cars": (24, 2e-3, 196)}
 FGVC = {"cub": (14, 5e-3, 1e-2, 200), "nabirds": (18, 5e-4, 1e-3, 555), "flowers": (18, 5e-3, 1e-3, 102),
         "dogs": (24, 5e-3, 1e-2, 120), "cars": (14, 2e-4, 1e-3, 196)}
+# Table 5's other backbones, by timm name: their base file and leading noise-free blocks (the authors'
+# code: one for ViT-B, none for Swin-B). Each runs CIFAR-100 and domain adaptation with the ViT-B/16
+# recipe of that task, which the paper gives the settings of.
+BACKBONES = {
+    "swin-b-in21k": ("swin_base_patch4_window7_224.ms_in22k", "bases/swin_b_in22k.safetensors", 0),
+    "vit-b-laion2b-in12k": ("vit_base_patch16_clip_224.laion2b_ft_in12k",
+                            "bases/vit_b16_clip_laion2b_in12k.safetensors", 1),
+}
+BACKBONE_TASKS = {"cifar100": "vtab1k/cifar100.toml", "imagenet": "domain-adaptation/imagenet.toml"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=IDS)
@@ -54,10 +63,12 @@ def test_every_benchmark_has_its_recipes():
     assert {f"fewshot/{t}.toml" for t in FEWSHOT} <= names
     assert {f"fgvc/{t}.toml" for t in FGVC} <= names
     assert "domain-adaptation/imagenet.toml" in names
+    assert {f"backbones/{b}-{t}.toml" for b in BACKBONES for t in BACKBONE_TASKS} <= names
 
 
 def _paper_recipes():
-    return [(i, load_recipe(p)) for i, p in zip(IDS, RECIPES) if i != "quickstart.toml" and not i.startswith("examples/")]
+    return [(i, load_recipe(p)) for i, p in zip(IDS, RECIPES)
+            if i != "quickstart.toml" and not i.startswith(("examples/", "backbones/"))]
 
 
 def test_paper_recipes_share_one_base_and_the_paper_settings():
@@ -86,3 +97,23 @@ def test_paper_recipes_match_tables_7_to_10():
             assert got == (A, 10, 5e-4, 1e-2, 1000) and r.data.fewshot_layout == "imagenet" and r.data.shots == 16
             targets = {t.name: t.restrict_logits for t in r.eval.targets}
             assert targets == {"imagenet-sketch": False, "imagenet-v2": False, "imagenet-a": True, "imagenet-r": True}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("task", BACKBONE_TASKS)
+def test_other_backbones_run_the_vit_b_recipe_of_their_task_with_their_own_base_and_normalisation(backbone, task):
+    """Table 5: only the base, its normalisation, the noise-free blocks and the output folder differ."""
+    import timm
+
+    name, checkpoint, noise_free = BACKBONES[backbone]
+    recipe = load_recipe(ROOT / "recipes" / "backbones" / f"{backbone}-{task}.toml")
+    assert (recipe.model.name, recipe.model.checkpoint, recipe.pace.noise_free_blocks) == (name, checkpoint, noise_free)
+    cfg = timm.models.get_pretrained_cfg(name)  # the model's own preprocessing, as timm ships its weights
+    assert (recipe.data.mean, recipe.data.std) == (list(cfg.mean), list(cfg.std))
+    assert recipe.output.dir == f"runs/backbones/{backbone}/{task}"
+    got, vit_b = recipe_to_dict(recipe), recipe_to_dict(load_recipe(ROOT / "recipes" / BACKBONE_TASKS[task]))
+    for section, key in (("model", "name"), ("model", "checkpoint"), ("data", "mean"), ("data", "std"),
+                         ("pace", "noise_free_blocks"), ("output", "dir")):
+        got[section].pop(key), vit_b[section].pop(key)
+    assert got == vit_b
+

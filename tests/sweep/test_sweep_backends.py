@@ -45,3 +45,25 @@ def test_an_unknown_backend_is_one_line_before_anything_runs(tmp_path):
     with pytest.raises(PaceError, match="unknown sweep backend 'ray'; use one of: sequential"):
         _sweep(tmp_path, "none", "ray")
     assert not (tmp_path / "none" / "sweep.json").exists()
+
+
+def test_the_final_scoring_reaches_the_backend_as_planned_runs(tmp_path):
+    """Under shots, --final hands the backend one "score" run per seed (the grid runs' folders), as it hands training runs."""
+
+    class Recording:
+        def __init__(self):
+            self.batches = []
+
+        def run(self, runs, context):
+            self.batches.append([(run.phase, run.job, run.run_dir.name) for run in runs])
+            yield from reversed_backend.SequentialBackend().run(runs, context)
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.replace("synthetic_size = 32", "synthetic_size = 32\nshots = 4"))
+    backend = Recording()
+    result = run_sweep(plan_sweep(recipe, tmp_path / "s", grid=["pace.lambda=0.1,1"], seeds=[0, 1], final=True),
+                       backend=backend)
+    best = result.best.setting
+    assert backend.batches[1] == [("final", "score", f"{best}_seed-0"), ("final", "score", f"{best}_seed-1")]
+    assert {job for _, job, _ in backend.batches[0]} == {"train"}
+    assert [o.status for o in result.final_runs] == ["scored", "scored"]

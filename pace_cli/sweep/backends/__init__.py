@@ -13,6 +13,7 @@ _EXPORTS = {
     "last_validation": "base",
     "refuse_another_recipe": "base",
     "score": "base",
+    "score_adapter": "base",
     "BACKENDS": "registry",
     "backend_named": "registry",
     "SequentialBackend": "sequential",

@@ -1,7 +1,8 @@
 """What a sweep backend is: it gets planned runs and yields their outcomes; ranking and tables never know which ran them.
 
 Also what every backend shares: the progress interface, the check that a finished run folder
-belongs to this sweep, and reading a run's score from the files it left.
+belongs to this sweep, reading a run's score from the files it left, and the unit of work of a
+run whose job is to score (:func:`score_adapter`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Iterator, Protocol, Sequence
 
 from pace_cli import files
 from pace_cli.errors import PaceError
-from pace_cli.files.layout import METRICS_FILE, RECIPE_FILE, TEST_FILE
+from pace_cli.files.layout import ADAPTER_FILE, METRICS_FILE, RECIPE_FILE, TEST_FILE
 from pace_cli.recipe import parse_recipe, recipe_to_dict
 from pace_cli.sweep.plan import PlannedRun
 from pace_cli.sweep.rank import RunOutcome
@@ -53,9 +54,10 @@ class RunContext:
 
 class SweepBackend(Protocol):
     def run(self, runs: Sequence[PlannedRun], context: RunContext) -> Iterator[RunOutcome]:
-        """Train (or reuse) every run, yielding each outcome as soon as it is known.
+        """Do every run's job, yielding each outcome as soon as it is known.
 
-        A finished run folder is reused, an interrupted one resumed only with ``context.resume``.
+        A ``train`` run is trained, or reused when its folder is finished; an interrupted one is
+        resumed only with ``context.resume``. A ``score`` run trains nothing: :func:`score_adapter`.
         When ``context.stop`` is requested, stop with
         :class:`~pace_cli.training.stop.TrainingInterrupted`, leaving checkpoints to resume.
         """
@@ -78,7 +80,8 @@ def refuse_another_recipe(run: PlannedRun) -> None:
 
 
 def score(run: PlannedRun, outcome: RunOutcome, adapter: Path) -> None:
-    """Fill in the outcome's score: validation (grid runs, from the metrics log) or test (final runs)."""
+    """Fill in the outcome's score: validation (grid runs, from the metrics log) or test (final runs,
+    retrained or scored)."""
     if run.phase == "grid":
         outcome.val_top1, outcome.val_loss = last_validation(run.run_dir / METRICS_FILE)
     else:
@@ -99,16 +102,41 @@ def last_validation(metrics_path: Path) -> tuple[float | None, float | None]:
     return top1, loss
 
 
-def _test_score(run: PlannedRun, adapter: Path) -> tuple[float, float]:
-    """Test top-1 of a final run, kept in test.json beside the adapter so a rerun does not re-evaluate."""
-    from pace_cli.evaluation import evaluate_recipe
+def score_adapter(run: PlannedRun) -> RunOutcome:
+    """The job of a ``score`` run: the finished adapter in its folder scored on the test split.
 
+    A score already saved beside that adapter is reused (status ``skipped``), so a rerun of the
+    sweep scores only what is missing; a new one is ``scored``.
+    """
+    adapter = run.run_dir / ADAPTER_FILE
+    if not adapter.is_file():
+        raise PaceError(f"'{run.run_dir}' has no adapter to score on test; its grid run has not finished, "
+                        "rerun the sweep (with --resume if it was interrupted)")
+    refuse_another_recipe(run)
+    outcome = RunOutcome.of(run, "skipped" if _saved_test_score(run, adapter) else "scored")
+    score(run, outcome, adapter)
+    return outcome
+
+
+def _saved_test_score(run: PlannedRun, adapter: Path) -> tuple[float, float] | None:
+    """The test score kept in test.json beside ``adapter``, unless the adapter is newer."""
     path = run.run_dir / TEST_FILE
     if path.is_file() and path.stat().st_mtime >= adapter.stat().st_mtime:
         saved = json.loads(path.read_text())
         return saved["top1"], saved["loss"]
+    return None
+
+
+def _test_score(run: PlannedRun, adapter: Path) -> tuple[float, float]:
+    """Test top-1 and loss of the adapter, kept in test.json beside it so a rerun does not re-evaluate."""
+    from pace_cli.evaluation import evaluate_recipe
+
+    saved = _saved_test_score(run, adapter)
+    if saved is not None:
+        return saved
     result = evaluate_recipe(run.recipe, adapter=adapter, split=run.recipe.data.test_split)
     if writes_files():
-        files.write_text_atomic(path, json.dumps({k: v for k, v in result.to_dict().items() if k != "per_class"},
-                                              indent=2) + "\n")
+        files.write_text_atomic(run.run_dir / TEST_FILE,
+                                json.dumps({k: v for k, v in result.to_dict().items() if k != "per_class"},
+                                           indent=2) + "\n")
     return result.top1, result.loss

@@ -1,4 +1,4 @@
-"""The sequential backend: every run trained in this process, one after another, in plan order."""
+"""The sequential backend: every run done in this process, one after another, in plan order."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE
-from pace_cli.sweep.backends.base import RunContext, refuse_another_recipe, score
+from pace_cli.sweep.backends.base import RunContext, refuse_another_recipe, score, score_adapter
 from pace_cli.sweep.plan import PlannedRun
 from pace_cli.sweep.rank import RunOutcome
 from pace_cli.training.stop import TrainingInterrupted
@@ -23,21 +23,28 @@ class SequentialBackend:
                     f"sweep interrupted after {done} runs (before '{run.run_dir}'); "
                     "continue with the same command plus --resume", exit_code=context.stop.exit_code())
             context.logger.run_start(run, done + 1, context.total)
+            started = time.perf_counter()
             try:
-                outcome = _execute(run, context)
+                outcome = _train(run, context) if run.job == "train" else score_adapter(run)
             except TrainingInterrupted as stopped:
                 raise TrainingInterrupted(
                     f"sweep interrupted in run '{run.run_dir}' (its checkpoint is saved; {done} runs done); "
                     "continue with the same command plus --resume", exit_code=stopped.exit_code) from None
+            except KeyboardInterrupt:
+                # A Ctrl-C outside training's own handler (e.g. while a run is scored on test): the
+                # files are written whole or not at all, so the rerun picks up where this stopped.
+                raise TrainingInterrupted(
+                    f"sweep interrupted in run '{run.run_dir}' ({done} runs done); "
+                    "continue with the same command plus --resume", exit_code=130) from None
+            outcome.seconds = time.perf_counter() - started
             yield outcome
 
 
-def _execute(run: PlannedRun, context: RunContext) -> RunOutcome:
+def _train(run: PlannedRun, context: RunContext) -> RunOutcome:
     from pace_cli.training.loop import train
 
     adapter = run.run_dir / ADAPTER_FILE
-    outcome = RunOutcome(run.phase, run.setting.name, dict(run.setting.values), run.seed, str(run.run_dir), "skipped")
-    started = time.perf_counter()
+    outcome = RunOutcome.of(run, "skipped")
     if adapter.is_file():
         refuse_another_recipe(run)
     else:
@@ -50,5 +57,4 @@ def _execute(run: PlannedRun, context: RunContext) -> RunOutcome:
               stop=context.stop)
         outcome.status = "resumed" if interrupted else "trained"
     score(run, outcome, adapter)
-    outcome.seconds = time.perf_counter() - started
     return outcome
