@@ -26,6 +26,7 @@ HARMLESS_KEYS = {
     ("train", "device"), ("data", "num_workers"), ("data", "eval_batch_size"), ("output", "dir"),
     ("data", "cache"), ("train", "compile"),
     ("eval", "targets"),  # scored by `pace eval` only; training never reads them
+    ("train", "accumulate"),  # the same steps, summed in another order (like another process count)
 }
 
 
