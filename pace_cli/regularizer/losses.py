@@ -47,7 +47,7 @@ class PaceConfig:
 
 @dataclass
 class LossParts:
-    """One step's loss on this process's share of the global batch.
+    """One step's loss on this process's share of the global batch (or on a micro-batch of it).
 
     ``ce`` and ``consistency`` are this share's contributions to the global batch means (summed
     over processes they give the means); ``total`` is what to back-propagate: scaled so that the
