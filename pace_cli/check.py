@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from pace_cli.distributed import World, global_batch_size
 from pace_cli.errors import PaceError, one_line
 from pace_cli.recipe import Recipe, ineffective_settings, load_recipe
 
@@ -138,6 +139,8 @@ def _check_data(report: CheckReport, recipe: Recipe):
     if train is not None and data.batch_size > len(train):
         report.notes.append(f"batch_size {data.batch_size} is more than the {len(train)} training images; "
                             f"training uses batches of {len(train)}")
+    if train is not None:  # a smaller split must still split into [train] accumulate micro-batches
+        _collect(report, lambda: global_batch_size(data.batch_size, len(train), World(), recipe.train.accumulate))
     return train
 
 
@@ -257,7 +260,8 @@ def _plan(report: CheckReport, recipe: Recipe, train_set, model: nn.Module, inje
         report.batch_size = min(recipe.data.batch_size, len(train_set))
         report.steps_per_epoch = len(train_set) // report.batch_size  # the last partial batch is dropped
         report.total_steps = report.steps_per_epoch * recipe.train.epochs
-    batch = report.batch_size or recipe.data.batch_size
+    # a step holds the activations of one micro-batch at a time
+    batch = (report.batch_size or recipe.data.batch_size) // recipe.train.accumulate
     channels = recipe.model.in_chans or 3
     shape = (channels, image_size(recipe), image_size(recipe))
     try:

@@ -7,7 +7,8 @@ instead of reading environment variables itself.
 
 Semantics that do not change with the number of processes:
 - ``[data] batch_size`` is the global batch; rank r of N takes rows [r·B/N, (r+1)·B/N) of every
-  global batch, drawn by one sampler seeded the same on every rank.
+  global batch, drawn by one sampler seeded the same on every rank. With ``[train] accumulate``
+  = M each share is split again into M micro-batches, each still placed in the global batch.
 - Random draws inside the model (PACE noise, drop masks) are drawn for the whole global batch from
   a generator keyed by (seed, step), and each rank keeps its rows (:class:`SampleLayout`), so a
   sample gets the same draw whatever rank and world size process it.
@@ -176,13 +177,41 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 # --- data: shares of a global batch ---------------------------------------------------------------
 
 
-def local_batch_size(global_batch: int, world: World) -> int:
-    if global_batch % world.size:
-        raise PaceError(
-            f"[data] batch_size = {global_batch} is the global batch and must divide evenly over "
-            f"{world.size} processes; use a multiple of {world.size} or another process count"
-        )
+def local_batch_size(global_batch: int, world: World, accumulate: int = 1) -> int:
+    """This process's share of the global batch, refused unless it also splits into ``accumulate``
+    equal micro-batches (``[train] accumulate``)."""
+    if global_batch % (world.size * accumulate):
+        raise PaceError(f"[data] batch_size = {global_batch} is the global batch and must divide evenly over "
+                        f"{_split_into(world.size, accumulate)}; {_split_remedy(world.size, accumulate)}")
     return global_batch // world.size
+
+
+def global_batch_size(batch_size: int, train_samples: int, world: World, accumulate: int = 1) -> int:
+    """The global batch one step takes: ``[data] batch_size``, or the whole training split when that
+    is smaller; refused, as :func:`local_batch_size` does, before any model is built."""
+    if train_samples >= batch_size:
+        local_batch_size(batch_size, world, accumulate)
+        return batch_size
+    parts = world.size * accumulate
+    if train_samples % parts:
+        raise PaceError(f"[data] batch_size = {batch_size} is more than the {train_samples} training images, so "
+                        f"each step takes all {train_samples}, which do not divide evenly over "
+                        f"{_split_into(world.size, accumulate)}; set batch_size to a multiple of {parts} of at "
+                        f"most {train_samples}")
+    return train_samples
+
+
+def _split_into(processes: int, accumulate: int) -> str:
+    if accumulate == 1:
+        return f"{processes} processes"
+    micro_batches = f"[train] accumulate = {accumulate} micro-batches"
+    return micro_batches if processes == 1 else f"{processes} processes x {micro_batches}"
+
+
+def _split_remedy(processes: int, accumulate: int) -> str:
+    if accumulate == 1:
+        return f"use a multiple of {processes} or another process count"
+    return f"use a multiple of {processes * accumulate}, another process count or another accumulate"
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

@@ -83,7 +83,7 @@ def train(
     """
     from pace_cli import distributed
     from pace_cli.recipe import ineffective_settings, load_recipe
-    from pace_cli.training import TrainingInterrupted
+    from pace_cli.training import TrainingInterrupted, checked_global_batch
     from pace_cli.training import train as run_training
 
     loaded = load_recipe(recipe, set_ or ())
@@ -92,7 +92,7 @@ def train(
             raise PaceError("--nproc starts its own processes; under torchrun, leave it out "
                             "(torchrun's --nproc-per-node sets the count)")
         # the common mistake, caught before any process starts (training checks it again)
-        distributed.local_batch_size(loaded.data.batch_size, distributed.World(0, nproc, 0))
+        checked_global_batch(loaded, distributed.World(0, nproc, 0))
         raise typer.Exit(distributed.launch_local(nproc, _argv_without_nproc(), loaded.train.device))
     speaks = distributed.is_rank_zero()  # under torchrun every rank trains; rank 0 reports
     if speaks:

@@ -327,6 +327,10 @@ class TrainSection(_Section):
         False, description="At evaluated epochs also log the norm of the validation cross-entropy's gradient "
         "over the trainable tensors (needs [data] val_split)."
     )
+    accumulate: int = Field(
+        1, gt=0, description="Split each batch into this many micro-batches, one forward and backward each, "
+        "then one update: the same step, with the activation memory of batch_size / accumulate images."
+    )
 
 
 class OutputSection(_Section):
@@ -407,6 +411,41 @@ class Recipe(BaseModel):
             raise ValueError("[train] val_grad_norm = true measures on the validation split, but [data] val_split "
                              "is empty; set val_split or val_grad_norm = false")
         return self
+
+    @model_validator(mode="after")
+    def _accumulate_divides_batch(self) -> Recipe:
+        batch, accumulate = self.data.batch_size, self.train.accumulate
+        if batch % accumulate:
+            raise ValueError(f"[train] accumulate = {accumulate} must divide [data] batch_size = {batch} (each batch "
+                             f"is split into accumulate equal micro-batches); use a divisor of {batch}"
+                             f"{_divisors_near(batch, accumulate)}")
+        problem = lazy_micro_batch_problem(self.pace.variant, batch, 1, accumulate)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def lazy_micro_batch_problem(variant: str, global_batch: int, processes: int, accumulate: int) -> str | None:
+    """Why a lazy run cannot split ``global_batch`` this way, or None.
+
+    Its regularised steps take the even positions of the global batch, so a micro-batch of one
+    sample at an odd position would have nothing to run (and under DistributedDataParallel every
+    process must run every micro-batch's backward).
+    """
+    micro = global_batch // (processes * accumulate)
+    if variant != "lazy" or micro != 1 or global_batch == 1:
+        return None
+    split = f"{processes} processes x [train] accumulate = {accumulate}" if processes > 1 else \
+        f"[train] accumulate = {accumulate}"
+    return (f"[pace] variant = 'lazy' needs micro-batches of at least 2 samples, but a global batch of "
+            f"{global_batch} over {split} leaves 1; lower accumulate (or the process count)")
+
+
+def _divisors_near(number: int, wanted: int) -> str:
+    """' such as a or b': the divisors of ``number`` just below and just above ``wanted``, for a remedy."""
+    below = max(d for d in range(1, wanted) if number % d == 0)
+    above = [d for d in range(wanted + 1, number + 1) if number % d == 0][:1]
+    return " such as " + " or ".join(map(str, [below] + above))
 
 
 SECTIONS: tuple[str, ...] = tuple(Recipe.model_fields)

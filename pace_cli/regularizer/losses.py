@@ -47,7 +47,7 @@ class PaceConfig:
 
 @dataclass
 class LossParts:
-    """One step's loss on this process's share of the global batch.
+    """One step's loss on this process's share of the global batch (or on a micro-batch of it).
 
     ``ce`` and ``consistency`` are this share's contributions to the global batch means (summed
     over processes they give the means); ``total`` is what to back-propagate: scaled so that the
@@ -152,12 +152,21 @@ class PaceRegularizer:
         """Draw the coming forward pass's noise and masks from the generator keyed by (seed, step)."""
         self.state.layout = SampleLayout.for_step(self.generator, self.seed, step, global_size, offset, local_size)
 
-    def loss(self, images: Tensor, labels: Tensor, indices: Tensor | None = None, step: int = 0) -> LossParts:
-        """The loss on this process's share of global batch ``step`` (equal shares on every rank)."""
+    def loss(self, images: Tensor, labels: Tensor, indices: Tensor | None = None, step: int = 0, *,
+             global_size: int | None = None, offset: int | None = None) -> LossParts:
+        """The loss on ``images``, rows ``offset`` onwards of global batch ``step`` of ``global_size`` samples.
+
+        Unset, ``images`` is this process's whole share (equal shares on every rank); a micro-batch
+        of gradient accumulation passes its place. The noise, the drop masks, the lazy variant's
+        subset and the divisions all follow the global batch, so the micro-batches' parts sum to the
+        whole batch's.
+        """
         variant = self.config.variant
-        world = self.world
         local = images.shape[0]
-        global_size, offset = local * world.size, local * world.rank
+        if global_size is None:
+            global_size = local * self.world.size
+        if offset is None:
+            offset = local * self.world.rank
         if variant == "pace" or (variant == "lazy" and step % self.config.lazy_interval == 0):
             if variant == "lazy":
                 # Every other sample of the global batch (even positions): the same samples

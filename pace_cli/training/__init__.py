@@ -28,6 +28,7 @@ _EXPORTS = {
     "StopRequest": "stop",
     "TrainingInterrupted": "stop",
     "stop_on_signals": "stop",
+    "checked_global_batch": "step",
 }
 
 __all__ = sorted(_EXPORTS)

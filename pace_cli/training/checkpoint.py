@@ -27,6 +27,7 @@ HARMLESS_KEYS = {
     ("data", "cache"), ("train", "compile"),
     ("train", "val_grad_norm"),  # a measurement that restores every generator it could touch
     ("eval", "targets"),  # scored by `pace eval` only; training never reads them
+    ("train", "accumulate"),  # the same steps, summed in another order (like another process count)
 }
 
 

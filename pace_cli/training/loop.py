@@ -2,9 +2,9 @@
 
 :func:`train` reads top to bottom: set-up (seed, device, data, model, regulariser, optimiser,
 loaders, resume), the epochs (each a run of training steps with log points and checkpoints,
-closed by an epoch record), and writing the outputs. The learning-rate schedule is in
-:mod:`.schedule`, the measurements in :mod:`.metrics`, where records go in :mod:`.loggers`,
-and stopping on a signal in :mod:`.stop`.
+closed by an epoch record), and writing the outputs. One step (micro-batches, backward, update)
+is in :mod:`.step`, the learning-rate schedule in :mod:`.schedule`, the measurements in
+:mod:`.metrics`, where records go in :mod:`.loggers`, and stopping on a signal in :mod:`.stop`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, METRICS_FILE, R
 from pace_cli.files.lock import output_lock
 from pace_cli.models import base_fingerprints
 from pace_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
-from pace_cli.regularizer.losses import LossParts, PaceRegularizer, fp_distance
+from pace_cli.regularizer.losses import PaceRegularizer, fp_distance
 from pace_cli.training.checkpoint import (
     Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
 )
@@ -42,6 +42,7 @@ from pace_cli.training.loggers.base import MetricLogger
 from pace_cli.training.loggers.registry import metric_loggers
 from pace_cli.training.metrics import RunningSums, epoch_record, step_record, validation_fields
 from pace_cli.training.schedule import LearningRateSchedule
+from pace_cli.training.step import checked_global_batch, train_step
 from pace_cli.training.stop import StopRequest, TrainingInterrupted, stop_on_signals
 from pace_cli.training.val_grad import validation_gradient_norm
 
@@ -209,8 +210,7 @@ def _set_up(recipe: Recipe, world: distributed.World, out: Path, saved: Checkpoi
     train_set = build_dataset(recipe, recipe.data.train_split, train=True)
     val_set = build_dataset(recipe, recipe.data.val_split) if recipe.data.val_split else None
     num_classes = resolve_num_classes(recipe, train_set)
-    global_batch = min(recipe.data.batch_size, len(train_set))
-    distributed.local_batch_size(global_batch, world)  # a clear error before any model is built
+    global_batch = checked_global_batch(recipe, world, len(train_set))  # refused before any model is built
     model, report = build_adapted_model(recipe, num_classes)
     fingerprints = base_fingerprints(model)
     model.to(device)
@@ -262,27 +262,6 @@ def _restore(run: _Run, saved: Checkpoint, checkpoint_path: Path) -> None:
     run.position, run.epoch_sums = saved.position, saved.epoch_sums
 
 
-# ---------------------------------------------------------------- one training step
-
-
-def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, step: int,
-                lr: float) -> tuple[LossParts, torch.Tensor]:
-    """PACE loss, backward, gradient clipping and one AdamW update; returns the loss parts and the gradient norm."""
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    device = run.device
-    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        parts = run.regularizer.loss(images, labels, indices, step)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(parts.total).backward()
-    run.scaler.unscale_(run.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, run.recipe.optim.grad_clip or float("inf"))
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    return parts, grad_norm
-
-
 # ---------------------------------------------------------------- the epochs
 
 
@@ -318,7 +297,7 @@ class _Epochs:
             if batch_index < skip:
                 continue
             lr = run.schedule.at(self.step)
-            parts, grad_norm = _train_step(run, images, labels, indices, self.step, lr)
+            parts, grad_norm = train_step(run, images, labels, indices, self.step, lr)
             self.epoch_totals.add(parts, grad_norm, self.step)
             self.window.add(parts, grad_norm, self.step)
             self.images_seen += images.shape[0] * run.world.size
