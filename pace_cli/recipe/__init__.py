@@ -13,6 +13,7 @@ _EXPORTS = {
     "parse_override_value": "load",
     "parse_recipe": "load",
     "format_validation_error": "messages",
+    "AugmentSection": "augment",
     "AdapterSection": "schema",
     "CHECKPOINT_SUFFIXES": "schema",
     "DataSection": "schema",

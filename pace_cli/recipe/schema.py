@@ -9,14 +9,14 @@ names, its root rule, and the keys only some sources read.
 from __future__ import annotations
 
 import math
-import os
-import typing
 from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pace_cli.adapters.kinds import KINDS
 from pace_cli.data.sources import SOURCES, SourceSpec, only_read_by
+from pace_cli.recipe.augment import AugmentSection
+from pace_cli.recipe.base import _Section, field_by_alias, is_set  # noqa: F401  (others import the last two from here)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 # Passed to timm.create_model explicitly, so a duplicate in [model.kwargs] would clash.
@@ -45,37 +45,6 @@ KwargValue = Annotated[Any, AfterValidator(_check_kwarg_value)]
 # these with typing.get_args.
 PaceVariant = Literal["off", "pace", "lazy", "fast"]
 FewshotLayout = Literal["fgvc", "imagenet"]
-
-
-class _Section(BaseModel):
-    # strict: TOML values are already typed, so "10" for an int or true for an int is a mistake.
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _normalise_inputs(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for key, value in data.items():
-            if isinstance(value, os.PathLike):  # callers building recipes in code pass Paths
-                out[key] = value = os.fspath(value)
-            field = cls.model_fields.get(key) or field_by_alias(cls, key)
-            if value == "" and field is not None and _is_optional(field.annotation):
-                out[key] = None
-        return out
-
-
-def field_by_alias(cls: type[BaseModel], key: str):
-    """The field of ``cls`` whose TOML name ``key`` differs from its Python name (``lambda``)."""
-    for f in cls.model_fields.values():
-        if f.alias == key:
-            return f
-    return None
-
-
-def _is_optional(annotation: Any) -> bool:
-    return type(None) in typing.get_args(annotation)
 
 
 class ModelSection(_Section):
@@ -135,17 +104,6 @@ class ModelSection(_Section):
                 "checkpoint and pretrained = true are mutually exclusive, drop one of them"
             )
         return self
-
-
-def is_set(section: BaseModel, key: str) -> bool:
-    """Whether the recipe gave ``key`` a value that differs from leaving it out.
-
-    A key written out with its default value changes nothing either way, and pace's own saved
-    recipe.toml writes every key; only a set, non-default value can be a setting that does nothing.
-    """
-    if key not in section.model_fields_set:
-        return False
-    return getattr(section, key) != type(section).model_fields[key].default
 
 
 def _registered(registry: Mapping[str, Any]) -> AfterValidator:
@@ -268,7 +226,6 @@ class DataSection(_Section):
 _DATA_RULES = {"root": lambda spec: spec.reads_root, "cache": lambda spec: spec.cacheable}
 _DATA_SPLITS = ("train_split", "val_split", "test_split", "trainval_split")
 
-
 class AdapterSection(_Section):
     kind: KindField = Field("lora_mul+vpt_add", description="Adapter type inserted into the backbone (a row of "
                             "pace_cli.adapters.kinds.KINDS).")
@@ -385,12 +342,20 @@ class Recipe(BaseModel):
 
     model: ModelSection
     data: DataSection
+    augment: AugmentSection = Field(default_factory=AugmentSection)
     adapter: AdapterSection = Field(default_factory=AdapterSection)
     pace: PaceSection = Field(default_factory=PaceSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _even_mixed_batch(self) -> Recipe:
+        if self.augment.mixes and self.data.batch_size % 2:
+            raise ValueError(f"[augment] mixes sample i of a batch with sample B-1-i (timm's batch mode), so [data] "
+                             f"batch_size = {self.data.batch_size} must be even; use {self.data.batch_size + 1}")
+        return self
 
 
 SECTIONS: tuple[str, ...] = tuple(Recipe.model_fields)
