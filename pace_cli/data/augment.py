@@ -61,7 +61,7 @@ def timm_train_transform(image_size: int, mean: Sequence[float], std: Sequence[f
                                 **{**options, **changes})
 
     try:
-        return create()
+        return _with_zero_bit_posterize(create())
     except Exception as error:  # timm checks its strings with asserts and dict look-ups
         why = one_line(error) or type(error).__name__
         policy = options.get("auto_augment")
@@ -76,6 +76,32 @@ def timm_train_transform(image_size: int, mean: Sequence[float], std: Sequence[f
                                 "(RandAugment) or 'original' (AutoAugment)") from None
         raise PaceError(f"[augment]: timm's create_transform rejects these settings ({why})",
                         remedy="fix the [augment] keys") from None
+
+
+def posterize_keeping_zero_bits(img, bits_to_keep, **kwargs):
+    """timm's posterize, where keeping 0 bits gives the black image Pillow gave before it refused 0.
+
+    RandAugment's PosterizeIncreasing keeps ``4 - int(4 * m / 10)`` bits, 0 at magnitude 10, which
+    ``rand-m9-mstd0.5`` reaches (m drawn from N(9, 0.5), clipped at 10) for about 0.4% of images;
+    Pillow 13 raises ``bits must be between or equal to 1 and 8`` there, which would stop a run
+    within its first epoch. The Pillow of timm 0.5.4's time (NOAH's) turned the image black.
+    """
+    from timm.data import auto_augment
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)  # every channel to 0, the lookup older Pillow applied
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def _with_zero_bit_posterize(transform):
+    """``transform`` with each timm posterize operation replaced by :func:`posterize_keeping_zero_bits`."""
+    from timm.data import auto_augment
+
+    for step in getattr(transform, "transforms", ()):
+        ops = list(getattr(step, "ops", ())) + [op for sub in getattr(step, "policy", ()) for op in sub]
+        for op in ops:
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = posterize_keeping_zero_bits
+    return transform
 
 
 class SampleAugment:

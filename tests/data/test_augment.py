@@ -16,12 +16,13 @@ import timm.data
 import torch
 from fake_data import write_png
 from helpers import tiny_recipe_text
-from PIL import Image
+from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from pace_cli.builders import build_dataset as build_from_recipe
 from pace_cli.cli import app
-from pace_cli.data import build_dataset, make_loader
+from pace_cli.data import SampleAugment, build_dataset, make_loader
+from pace_cli.data.augment import posterize_keeping_zero_bits
 from pace_cli.errors import PaceError
 from pace_cli.recipe import parse_recipe
 
@@ -119,6 +120,15 @@ def test_unset_normalisation_gives_images_in_0_1_and_grey_sources_work():
     image = ds[0][0]
     assert image.shape == (3, 16, 16) and 0 <= image.min() and image.max() <= 1
     assert grey[0][0].shape == (1, 16, 16)
+
+
+def test_posterize_to_zero_bits_turns_the_image_black_instead_of_stopping_the_run():
+    image = Image.new("RGB", (16, 16), (120, 60, 200))
+    with pytest.raises(ValueError, match="bits must be"):  # plain timm on today's Pillow, this sample's key
+        reference(image, "augment:0:0:319")
+    assert SampleAugment(24, 3, MEAN, STD, seed=0, **NOAH)(image, epoch=0, row=319).shape == (3, 24, 24)
+    assert posterize_keeping_zero_bits(image, 0).getextrema() == ((0, 0),) * 3
+    assert posterize_keeping_zero_bits(image, 3).tobytes() == ImageOps.posterize(image, 3).tobytes()
 
 
 def test_only_training_splits_take_it_and_they_are_never_cached(tmp_path):
