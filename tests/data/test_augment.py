@@ -216,3 +216,17 @@ def test_absent_section_changes_nothing_and_the_saved_recipe_loads_again():
     noah = parse_recipe(tiny_recipe_text(augment={"transform": "timm", **NOAH, "mixup_alpha": 0.8,
                                                   "cutmix_alpha": 1.0, "label_smoothing": 0.1}))
     assert parse_recipe(recipe_to_toml(noah)) == noah and parse_recipe(recipe_to_toml(plain)) == plain
+
+
+def test_the_domain_adaptation_recipe_trains_with_noahs_defaults():
+    """NOAH's supernet_train_prompt.py argparse defaults (its ImageNet scripts pass no augmentation flags)."""
+    from pathlib import Path
+
+    from pace_cli.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "domain-adaptation" / "imagenet.toml")
+    assert recipe.augment.timm_transform_options() == {
+        "auto_augment": "rand-m9-mstd0.5-inc1", "color_jitter": 0.0, "scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3],
+        "hflip": 0.5, "interpolation": "bicubic", "re_prob": 0.25, "re_mode": "pixel", "re_count": 1}
+    assert recipe.augment.batch_mix_options() == {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_prob": 1.0,
+                                                  "switch_prob": 0.5, "label_smoothing": 0.1}
