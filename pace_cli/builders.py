@@ -45,8 +45,12 @@ def build_dataset(recipe: Recipe, split: str, *, train: bool = False) -> PaceDat
     section = recipe.data
     spec = get_source(section.source)
     shots = {"list_shots": section.shots} if spec.needs_shots else {"shots": section.shots if train else None}
+    augment = recipe.augment.timm_transform_options() if train else None
+    # [augment] transform = "timm": timm's transform, keyed by (train seed, epoch, sample), replaces the source's own
+    augment = {} if augment is None else {"augment": augment, "augment_seed": recipe.train.seed}
     return data.build_dataset(section.source, split, root=section.root, seed=section.seed, train=train,
-                              cache=section.cache, **shots, **_preprocessing(recipe), **_options(spec, section))
+                              cache=section.cache, **shots, **augment, **_preprocessing(recipe),
+                              **_options(spec, section))
 
 
 def build_target_dataset(recipe: Recipe, target: EvalTarget) -> PaceDataset:

@@ -88,6 +88,7 @@ def check_recipe(recipe_path: str | Path, overrides: Sequence[str] = ()) -> Chec
         return report  # each invalid key is already its own '; '-separated item in that one message
     report.notes.extend(ineffective_settings(recipe))  # set keys this recipe's switches make inert
     train_set = _check_data(report, recipe)
+    _collect(report, lambda: _check_augment(recipe, train_set))
     report.num_classes = _num_classes(report, recipe, train_set)
     model = _collect(report, lambda: _build_on_meta(recipe, report.num_classes))
     if model is None:
@@ -142,6 +143,21 @@ def _check_data(report: CheckReport, recipe: Recipe):
     if train is not None:  # a smaller split must still split into [train] accumulate micro-batches
         _collect(report, lambda: global_batch_size(data.batch_size, len(train), World(), recipe.train.accumulate))
     return train
+
+
+def _check_augment(recipe: Recipe, train_set) -> None:
+    """[augment] as training builds it: timm's transform (a policy string timm refuses is listed even
+    without the data) and the batch mix (a batch it cannot pair)."""
+    from pace_cli.builders import image_size
+    from pace_cli.data.augment import SampleAugment
+    from pace_cli.data.mixing import batch_mix
+
+    options = recipe.augment.timm_transform_options()
+    if options is not None:
+        SampleAugment(image_size(recipe), recipe.data.channels, recipe.data.mean, recipe.data.std, **options)
+    if train_set is not None:
+        batch_mix(recipe.augment.batch_mix_options(), num_classes=max(1, len(train_set.classes)),
+                  seed=recipe.train.seed, global_batch=min(recipe.data.batch_size, len(train_set)))
 
 
 def _sample(names: Sequence[str]) -> str:

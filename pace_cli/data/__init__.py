@@ -7,6 +7,7 @@ access (see :mod:`pace_cli.lazy`).
 from pace_cli.lazy import lazy_face
 
 _EXPORTS = {
+    "SampleAugment": "augment",
     "build_dataset": "build",
     "ArrayDataset": "datasets",
     "CropFileDataset": "datasets",
@@ -22,6 +23,8 @@ _EXPORTS = {
     "cache_wanted": "loader",
     "default_num_workers": "loader",
     "make_loader": "loader",
+    "BatchMix": "mixing",
+    "batch_mix": "mixing",
     "SOURCES": "sources",
     "SourceRequest": "sources",
     "SourceSpec": "sources",

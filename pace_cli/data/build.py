@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from pace_cli.data.augment import SampleAugment
 from pace_cli.data.datasets import PaceDataset
 from pace_cli.data.loader import cache_wanted
 from pace_cli.data.sources import SourceRequest, SourceSpec, get_source, only_read_by, readers
@@ -21,7 +22,8 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
                   image_size: int = 224, channels: int = 3,
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                   shots: int | None = None, seed: int = 0, train: bool = False,
-                  list_shots: int | None = None, cache: bool | str = False, **options: Any) -> PaceDataset:
+                  list_shots: int | None = None, cache: bool | str = False,
+                  augment: Mapping[str, Any] | None = None, augment_seed: int = 0, **options: Any) -> PaceDataset:
     """Build the data set for one split of one source.
 
     ``split`` is one of the source's split names (``SOURCES[source].splits``; any name where
@@ -39,6 +41,11 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
     ``cache`` (true, false or "auto", see :func:`~pace_cli.data.loader.cache_wanted`) keeps decoded,
     resized images of the cacheable sources in memory after their first read, so later epochs
     skip JPEG decoding.
+
+    ``augment`` (training splits only) replaces the source's own training images with timm's
+    ``create_transform(is_training=True, **augment)`` of each decoded image, keyed by
+    ``(augment_seed, epoch, sample)`` (:class:`~pace_cli.data.augment.SampleAugment`); such a
+    split is never cached (timm's transform starts from the image at its own size).
     """
     spec = get_source(source)
     options = {key: value for key, value in options.items() if value is not None}
@@ -48,6 +55,13 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
     if spec.splits is not None and split not in spec.splits:
         raise PaceError(f"unknown split '{split}' for source '{source}'; use one of: " + ", ".join(spec.splits))
     transform = _transform(image_size, channels, mean, std)
+    sample_augment = None
+    if augment is not None:
+        if not train:
+            raise PaceError(f"augment is for training splits only, not split '{split}'; pass train=True or drop it")
+        # before the source is read, so a setting timm refuses is reported whatever the data
+        sample_augment = SampleAugment(transform.image_size, channels, _check_stats("mean", mean, channels),
+                                       _check_stats("std", std, channels), seed=int(augment_seed), **augment)
     if shots is not None and int(shots) <= 0:
         raise PaceError(f"shots = {shots} must be a positive number of images per class; "
                         "fix [data] shots or remove it to use every image")
@@ -59,7 +73,8 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
                         "add images or pick another split")
     if shots is not None:
         _apply_shots(ds, int(shots), seed)
-    if cache_wanted(ds, cache):
+    ds.train_augment = sample_augment
+    if sample_augment is None and cache_wanted(ds, cache):
         ds.enable_cache()
     return ds
 

@@ -2,7 +2,10 @@
 
 Every data set yields ``(image, label, index)`` where ``image`` is a float tensor
 ``[channels, image_size, image_size]`` and ``index`` is the sample's position in the data set
-(the ``fast`` PACE variant keys its per-sample memory on it). Images that cannot be decoded
+(the ``fast`` PACE variant keys its per-sample memory on it). A training split given a
+:class:`~pace_cli.data.augment.SampleAugment` (``[augment] transform = "timm"``) yields timm's
+augmented image of the sample as decoded (files: before any resize; in-memory sources: at
+8 bits), drawn from ``(seed, epoch, row)``. Images that cannot be decoded
 raise :class:`~pace_cli.errors.PaceError` with a one-line message naming the file; raw
 ``OSError``/PIL errors never escape.
 """
@@ -22,6 +25,7 @@ from pace_cli.data.transforms import Transform
 from pace_cli.errors import PaceError
 
 if TYPE_CHECKING:
+    from pace_cli.data.augment import SampleAugment
     from pace_cli.data.sources import SourceRequest
 
 # Crops follow the common Resize(256) -> crop(224) recipe, scaled to image_size.
@@ -46,6 +50,8 @@ class PaceDataset(Dataset):
         self.labels = [int(v) for v in labels]
         self._rows = list(range(len(self.labels)))
         self._transform = transform
+        self.train_augment: SampleAugment | None = None
+        self.epoch: int | None = None
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -56,7 +62,31 @@ class PaceDataset(Dataset):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"index {i} out of range for {n} samples")
-        return self._transform(self._raw(self._rows[i])), self.labels[i], i
+        row = self._rows[i]
+        if self.train_augment is not None:
+            # keyed even before set_epoch (as epoch 0), so no read ever draws from the global generators
+            return self.train_augment(self._pil_image(row), epoch=self.epoch or 0, row=row), self.labels[i], i
+        return self._transform(self._raw(row)), self.labels[i], i
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the coming reads belong to: random training draws are keyed by it."""
+        self.epoch = int(epoch)
+
+    @property
+    def keyed_by_epoch(self) -> bool:
+        """Whether reads depend on :meth:`set_epoch` (so DataLoader workers must not outlive an epoch)."""
+        return self.train_augment is not None
+
+    def _pil_mode(self) -> str:
+        return "L" if self._transform.channels == 1 else "RGB"
+
+    def _pil_image(self, row: int):
+        """The undecorated image of ``row`` as a PIL image (8 bits), what timm's transforms take."""
+        from PIL import Image
+
+        x = self._raw(row).clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+        array = x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).contiguous().numpy()
+        return Image.fromarray(array).convert(self._pil_mode())
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(source={self.source!r}, split={self.split!r}, "
@@ -152,13 +182,24 @@ class FileDataset(PaceDataset):
             self._cached[slot] = 1  # set after the pixels, so a reader never sees a half-filled slot
         return t.float().div_(255.0)
 
+    def _pil_image(self, row: int):
+        """The image of ``row`` as decoded, at its own size."""
+        from PIL import Image
+
+        path = self._paths[row]
+        try:
+            with Image.open(path) as img:
+                return img.convert(self._pil_mode())  # a loaded copy, so the file can close
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise self._unreadable(path, exc) from exc
+
     def _decode(self, row: int) -> torch.Tensor:
         """The image of ``row`` as uint8 [C, S, S], decoded and resized to the transform's size."""
         from PIL import Image
 
         path = self._paths[row]
         size = self._transform.image_size
-        mode = "L" if self._transform.channels == 1 else "RGB"
+        mode = self._pil_mode()
         try:
             with Image.open(path) as img:
                 img = img.convert(mode)
@@ -183,7 +224,8 @@ class CropFileDataset(FileDataset):
     workers get ``base_seed + worker_id`` from the loader's (seeded) generator, so runs
     repeat for a fixed ``num_workers``. After ``set_epoch(e)`` every crop comes instead
     from a generator seeded by ``(aug_seed, e, row)``: the same crops whatever the number
-    of workers or processes (what a distributed loop wants).
+    of workers or processes (what a distributed loop wants). With a ``train_augment`` timm's
+    transform replaces the crop and flip, starting from the image as decoded.
     """
 
     # Its decoded, resized images keep their aspect ratio (sizes differ) and the crop after them is
@@ -194,7 +236,6 @@ class CropFileDataset(FileDataset):
         super().__init__(paths, root, **kwargs)
         self.augment = bool(augment)
         self.aug_seed = int(aug_seed)
-        self.epoch: int | None = None
         self.class_ids: list[int] = []  # raw id of each class, in class order (set by from_listing)
 
     @classmethod
@@ -211,8 +252,9 @@ class CropFileDataset(FileDataset):
         ds.class_ids = list(class_ids)
         return ds
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    @property
+    def keyed_by_epoch(self) -> bool:
+        return self.augment or super().keyed_by_epoch
 
     def crop_box(self, width: int, height: int, row: int) -> tuple[int, int, bool]:
         """Top-left corner of the crop and whether to flip, for a resized image of that size."""
@@ -234,7 +276,7 @@ class CropFileDataset(FileDataset):
         path = self._paths[row]
         size = self._transform.image_size
         resize = max(size, round(size * RESIZE_RATIO))
-        mode = "L" if self._transform.channels == 1 else "RGB"
+        mode = self._pil_mode()
         try:
             with Image.open(path) as img:
                 img = img.convert(mode)

@@ -44,8 +44,8 @@ def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: i
     ``num_workers`` may be "auto" (:func:`default_num_workers`). ``pin_memory`` defaults to
     whether CUDA is available (page-locked batches copy to the GPU asynchronously);
     ``persistent_workers`` defaults to true whenever there are workers, so they are not
-    re-forked each epoch, except for data sets with ``set_epoch`` (their workers must be
-    re-created to see the new epoch).
+    re-forked each epoch, except for data sets whose reads are keyed by epoch (``keyed_by_epoch``:
+    the augmented training sets; their workers must be re-created to see the new epoch).
     """
     if int(batch_size) <= 0:
         raise PaceError(f"batch size {batch_size} must be a positive integer")
@@ -62,8 +62,8 @@ def make_loader(dataset: PaceDataset, batch_size: int, *, shuffle: bool, seed: i
         pin_memory = torch.cuda.is_available()
     if persistent_workers is None:
         # Persistent workers keep their own copy of the data set, so a per-epoch setting made in
-        # the main process (set_epoch of the cropping sources) would never reach them.
-        persistent_workers = workers > 0 and not hasattr(dataset, "set_epoch")
+        # the main process (set_epoch of the augmented training sets) would never reach them.
+        persistent_workers = workers > 0 and not getattr(dataset, "keyed_by_epoch", False)
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     extra = {}

@@ -14,6 +14,7 @@ _EXPORTS = {
     "parse_recipe": "load",
     "format_validation_error": "messages",
     "lazy_micro_batch_problem": "schema",
+    "AugmentSection": "augment",
     "AdapterSection": "schema",
     "CHECKPOINT_SUFFIXES": "schema",
     "DataSection": "schema",

@@ -37,6 +37,10 @@ def ineffective_settings(recipe: Recipe) -> list[str]:
         # `pace sweep --seeds` sets data.seed with train.seed for every source, hence not an error
         notes.append(f"[data] seed set but ignored: source = {d.source!r} reads it only to draw shots, and shots "
                      "is unset")
+    if is_set(d, "seed") and d.shots is None and get_source(d.source).seed_use == "training" \
+            and recipe.augment.transform == "timm":
+        notes.append(f"[data] seed set but ignored: with [augment] transform = 'timm' the training images of source = "
+                     f"{d.source!r} are drawn from [train] seed, and shots is unset")
     if recipe.data.val_split is None and is_set(recipe.train, "eval_every"):
         notes.append("[train] eval_every set but ignored: [data] val_split is empty, so no epoch is evaluated")
     if recipe.optim.warmup_epochs == 0 and is_set(recipe.optim, "warmup_start_lr"):

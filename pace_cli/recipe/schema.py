@@ -9,14 +9,14 @@ names, its root rule, and the keys only some sources read.
 from __future__ import annotations
 
 import math
-import os
-import typing
 from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pace_cli.adapters.kinds import KINDS
 from pace_cli.data.sources import SOURCES, SourceSpec, only_read_by
+from pace_cli.recipe.augment import AugmentSection
+from pace_cli.recipe.base import _Section, field_by_alias, is_set  # noqa: F401  (others import the last two from here)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 # Passed to timm.create_model explicitly, so a duplicate in [model.kwargs] would clash.
@@ -46,37 +46,6 @@ KwargValue = Annotated[Any, AfterValidator(_check_kwarg_value)]
 PaceVariant = Literal["off", "pace", "lazy", "fast"]
 LrSchedule = Literal["per_step", "epoch"]
 FewshotLayout = Literal["fgvc", "imagenet"]
-
-
-class _Section(BaseModel):
-    # strict: TOML values are already typed, so "10" for an int or true for an int is a mistake.
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _normalise_inputs(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for key, value in data.items():
-            if isinstance(value, os.PathLike):  # callers building recipes in code pass Paths
-                out[key] = value = os.fspath(value)
-            field = cls.model_fields.get(key) or field_by_alias(cls, key)
-            if value == "" and field is not None and _is_optional(field.annotation):
-                out[key] = None
-        return out
-
-
-def field_by_alias(cls: type[BaseModel], key: str):
-    """The field of ``cls`` whose TOML name ``key`` differs from its Python name (``lambda``)."""
-    for f in cls.model_fields.values():
-        if f.alias == key:
-            return f
-    return None
-
-
-def _is_optional(annotation: Any) -> bool:
-    return type(None) in typing.get_args(annotation)
 
 
 class ModelSection(_Section):
@@ -136,17 +105,6 @@ class ModelSection(_Section):
                 "checkpoint and pretrained = true are mutually exclusive, drop one of them"
             )
         return self
-
-
-def is_set(section: BaseModel, key: str) -> bool:
-    """Whether the recipe gave ``key`` a value that differs from leaving it out.
-
-    A key written out with its default value changes nothing either way, and pace's own saved
-    recipe.toml writes every key; only a set, non-default value can be a setting that does nothing.
-    """
-    if key not in section.model_fields_set:
-        return False
-    return getattr(section, key) != type(section).model_fields[key].default
 
 
 def _registered(registry: Mapping[str, Any]) -> AfterValidator:
@@ -268,7 +226,6 @@ class DataSection(_Section):
 # [data] keys besides the source options that only some sources read, and the keys naming splits.
 _DATA_RULES = {"root": lambda spec: spec.reads_root, "cache": lambda spec: spec.cacheable}
 _DATA_SPLITS = ("train_split", "val_split", "test_split", "trainval_split")
-
 
 class AdapterSection(_Section):
     kind: KindField = Field("lora_mul+vpt_add", description="Adapter type inserted into the backbone (a row of "
@@ -398,6 +355,7 @@ class Recipe(BaseModel):
 
     model: ModelSection
     data: DataSection
+    augment: AugmentSection = Field(default_factory=AugmentSection)
     adapter: AdapterSection = Field(default_factory=AdapterSection)
     pace: PaceSection = Field(default_factory=PaceSection)
     optim: OptimSection = Field(default_factory=OptimSection)
@@ -410,6 +368,13 @@ class Recipe(BaseModel):
         if self.train.val_grad_norm and self.data.val_split is None:
             raise ValueError("[train] val_grad_norm = true measures on the validation split, but [data] val_split "
                              "is empty; set val_split or val_grad_norm = false")
+        return self
+
+    @model_validator(mode="after")
+    def _even_mixed_batch(self) -> Recipe:
+        if self.augment.mixes and self.data.batch_size % 2:
+            raise ValueError(f"[augment] mixes sample i of a batch with sample B-1-i (timm's batch mode), so [data] "
+                             f"batch_size = {self.data.batch_size} must be even; use {self.data.batch_size + 1}")
         return self
 
     @model_validator(mode="after")

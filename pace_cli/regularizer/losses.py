@@ -178,12 +178,12 @@ class PaceRegularizer:
             self.use_step_noise(step, global_size, offset, local)
             logits = self.paired_forward(images).float()
             first, second = logits.chunk(2)
-            ce_sum = F.cross_entropy(first, labels, reduction="sum")
+            ce_sum = _cross_entropy_sum(first, labels)
             consistency_sum = (first - second).pow(2).sum()
             return self._parts(ce_sum, consistency_sum, global_size, first, labels)
         self.use_step_noise(step, global_size, offset, local)
         logits = self.forward_model(images).float()
-        ce_sum = F.cross_entropy(logits, labels, reduction="sum")
+        ce_sum = _cross_entropy_sum(logits, labels)
         consistency_sum = logits.new_zeros(())
         if variant == "fast":
             consistency_sum = self._fast_consistency(logits, indices)
@@ -222,6 +222,14 @@ class PaceRegularizer:
         if self.memory is not None and "fast_memory" in state:
             self.memory.copy_(state["fast_memory"])
             self.seen.copy_(state["fast_seen"])
+
+
+def _cross_entropy_sum(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy summed over the share: integer labels [B], or soft targets [B, C] (mixup, label
+    smoothing) with timm's SoftTargetCrossEntropy per sample, Σ_c −t_c log softmax(z)_c."""
+    if targets.dim() == 2:
+        return F.cross_entropy(logits, targets.to(logits.dtype), reduction="sum")
+    return F.cross_entropy(logits, targets, reduction="sum")
 
 
 @torch.no_grad()

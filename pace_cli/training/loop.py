@@ -28,6 +28,7 @@ from pace_cli.builders import (
     build_adapted_model, build_dataset, make_optimizer, maybe_compile, pace_config, resolve_num_classes, timm_kwargs,
 )
 from pace_cli.data import make_loader
+from pace_cli.data.mixing import BatchMix, batch_mix
 from pace_cli.errors import PaceError, one_line
 from pace_cli.evaluation import EvalResult, evaluate
 from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE
@@ -189,6 +190,7 @@ class _Run:
     schedule: LearningRateSchedule
     position: Position  # where training starts: the checkpoint's position on resume
     epoch_sums: dict[str, float] | None  # the interrupted epoch's sums so far, on resume
+    mixer: BatchMix | None = None  # [augment]'s mixup / CutMix / label smoothing of each loaded batch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -211,6 +213,8 @@ def _set_up(recipe: Recipe, world: distributed.World, out: Path, saved: Checkpoi
     val_set = build_dataset(recipe, recipe.data.val_split) if recipe.data.val_split else None
     num_classes = resolve_num_classes(recipe, train_set)
     global_batch = checked_global_batch(recipe, world, len(train_set))  # refused before any model is built
+    mixer = batch_mix(recipe.augment.batch_mix_options(), num_classes=num_classes, seed=recipe.train.seed,
+                      global_batch=global_batch)
     model, report = build_adapted_model(recipe, num_classes)
     fingerprints = base_fingerprints(model)
     model.to(device)
@@ -228,7 +232,7 @@ def _set_up(recipe: Recipe, world: distributed.World, out: Path, saved: Checkpoi
                val_loader=val_loader, probe_images=_probe_images(val_set or train_set).to(device),
                schedule=LearningRateSchedule.for_run(recipe.optim, steps_per_epoch=len(loader),
                                                      epochs=recipe.train.epochs),
-               position=Position(), epoch_sums=None)
+               position=Position(), epoch_sums=None, mixer=mixer)
     if saved is not None:
         _restore(run, saved, out / CHECKPOINT_FILE)
     return run
@@ -296,6 +300,8 @@ class _Epochs:
         for batch_index, (images, labels, indices) in enumerate(run.loader):
             if batch_index < skip:
                 continue
+            if run.mixer is not None:  # the whole loaded share, so both PACE copies see the same mixed image
+                images, labels = run.mixer(images.to(run.device), labels.to(run.device), self.step)
             lr = run.schedule.at(self.step)
             parts, grad_norm = train_step(run, images, labels, indices, self.step, lr)
             self.epoch_totals.add(parts, grad_norm, self.step)

@@ -35,7 +35,9 @@ class RunningSums:
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
 
     def add(self, parts, grad_norm: torch.Tensor, step: int) -> None:
-        correct = (parts.logits.argmax(1) == parts.labels).sum()
+        # soft targets (mixup, label smoothing) count as their strongest class
+        labels = parts.labels.argmax(1) if parts.labels.dim() == 2 else parts.labels
+        correct = (parts.logits.argmax(1) == labels).sum()
         self.values += torch.stack([parts.loss.detach(), parts.ce.detach(), parts.consistency.detach(),
                                     grad_norm.detach() / self.world_size, correct]).double()
         bad = ~torch.isfinite(parts.loss.detach()) & (self.first_bad_step < 0)
