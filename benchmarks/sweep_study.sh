@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sweep study on the shipped quick start (digits, k = 2 and 8): PACE's λ × σ grid and the
 # adapter baseline (`pace.variant=off`) swept over lr the same way, 3 seeds, `--final`
-# (best setting retrained on train + val, scored on test), then the report images.
+# (the quick start has shots, so the best setting's grid runs are scored on test), then the report images.
 #
 #   benchmarks/sweep_study.sh            # the reduced study committed in benchmarks/sweep_results
 #   FULL=1 benchmarks/sweep_study.sh     # the full grid (~180 PACE runs + 90 baseline runs)
