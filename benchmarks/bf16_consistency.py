@@ -22,7 +22,7 @@ tokens and ``lora_mul`` runs the two-matmul noisy layer; at 64 (65 tokens) it ta
 per-sample-weight path, as ViT-B at 224 px does.
 
 CPU autocast runs layer norms in bf16 too, where CUDA autocast keeps them in fp32, so a GPU's
-error is expected to be at most this one; no GPU was measured.
+error may be smaller; no GPU was measured.
 """
 
 from __future__ import annotations
