@@ -132,14 +132,16 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     rows = [measure(args, img_size, sigma, head_noise) for head_noise in (True, False)
             for img_size in args.img_sizes for sigma in args.sigmas]
+    table_out = sys.stderr if args.json == "-" else sys.stdout  # stdout stays pure JSON with a bare --json
     print(f"{args.kind} rank {args.rank}, depth {args.depth}, batch {args.batch_size}, adapter std "
-          f"{args.adapter_std}, seeds {args.seeds} x {args.steps} steps", file=sys.stderr if args.json == "-" else None)
-    header = f"{'noise':>5} {'img':>4} {'tokens':>6} {'sigma':>6} {'c_fp32':>10} {'mean |rel err|':>15} {'max':>8} {'signed':>8}"
+          f"{args.adapter_std}, seeds {args.seeds} x {args.steps} steps", file=table_out)
+    header = (f"{'noise':>5} {'img':>4} {'tokens':>6} {'sigma':>6} {'c_fp32':>10} {'mean |rel err|':>15} "
+              f"{'max':>8} {'signed':>8}")
     lines = [header] + [
         f"{r['noise']:>5} {r['img_size']:>4} {r['tokens']:>6} {r['sigma']:>6g} {r['mean_fp32_consistency']:>10.3e} "
         f"{100 * r['mean_relative_error']:>14.2f}% {100 * r['max_relative_error']:>7.2f}% "
         f"{100 * r['mean_signed_error']:>+7.2f}%" for r in rows]
-    print("\n".join(lines), file=sys.stderr if args.json == "-" else None)
+    print("\n".join(lines), file=table_out)
     if args.json:
         document = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "rows": rows,
                     "torch": torch.__version__, "machine": platform.machine(),

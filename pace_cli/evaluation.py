@@ -25,7 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pace_cli import distributed, files
-from pace_cli.adapters import AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict, merge_state_dict
+from pace_cli.adapters import (
+    AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict, merge_state_dict,
+)
 from pace_cli.artifacts import read_adapter, read_file_metadata
 from pace_cli.builders import build_base_model, build_dataset, build_target_dataset
 from pace_cli.data import PaceDataset, make_loader
@@ -72,7 +74,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, class_names: list[str], sp
     # per class: hits, totals; then top-5 hits and the summed loss (float64 so counts stay exact)
     counts = torch.zeros(2 * num_classes + 2, dtype=torch.float64, device=device)
     # The head in float32 under autocast, as the regulariser runs it in training.
-    full_precision_head = float32_forward(model.get_submodule(head_module_name(model))) if autocast_dtype else None
+    head = float32_forward(model.get_submodule(head_module_name(model))) if autocast_dtype else None
     start = time.perf_counter()
     for images, labels, _ in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -90,8 +92,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, class_names: list[str], sp
         from pace_cli import distributed
 
         distributed.all_reduce_sum(counts)
-    if full_precision_head is not None:
-        full_precision_head.remove()
+    if head is not None:
+        head.remove()
     counts = counts.cpu()
     seconds = time.perf_counter() - start
     model.train(was_training)

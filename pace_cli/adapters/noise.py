@@ -57,9 +57,8 @@ def sample_noise(like: Tensor, sigma: float, batch=None) -> Tensor:
                                       batch=batch))
 
 
-
 def add_noisy(base: Tensor, delta: Tensor, z: Tensor) -> Tensor:
-    """base + z ⊙ delta for ``base``, ``delta`` [rows, ..., d_out] and noise z [samples, d_out] from ``draw_noise``.
+    """base + z ⊙ delta for ``base`` and ``delta`` [rows, ..., d_out] and noise z [samples, d_out].
 
     Computed in z's dtype (float32 when the layer runs in half precision under autocast) and
     rounded once to ``base``'s dtype, so the layer keeps the output dtype autocast gives it
