@@ -25,13 +25,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pace_cli import distributed, files
-from pace_cli.adapters import AdapterConfig, inject_adapters, load_adapter_state_dict, merge_state_dict
+from pace_cli.adapters import (
+    AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict, merge_state_dict,
+)
 from pace_cli.artifacts import read_adapter, read_file_metadata
 from pace_cli.builders import build_base_model, build_dataset, build_target_dataset
 from pace_cli.data import PaceDataset, make_loader
 from pace_cli.errors import PaceError
 from pace_cli.models import base_state_items, load_state_into
 from pace_cli.recipe.schema import EvalTarget, Recipe
+from pace_cli.regularizer import float32_forward
 
 
 @dataclass
@@ -70,6 +73,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, class_names: list[str], sp
     device = torch.device(device)
     # per class: hits, totals; then top-5 hits and the summed loss (float64 so counts stay exact)
     counts = torch.zeros(2 * num_classes + 2, dtype=torch.float64, device=device)
+    # The head in float32 under autocast, as the regulariser runs it in training.
+    head = float32_forward(model.get_submodule(head_module_name(model))) if autocast_dtype else None
     start = time.perf_counter()
     for images, labels, _ in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -87,6 +92,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, class_names: list[str], sp
         from pace_cli import distributed
 
         distributed.all_reduce_sum(counts)
+    if head is not None:
+        head.remove()
     counts = counts.cpu()
     seconds = time.perf_counter() - start
     model.train(was_training)

@@ -34,7 +34,9 @@ _EXPORTS = {
     "merge_layer": "merge",
     "merge_state_dict": "merge",
     "split_adapter_state": "merge",
+    "add_noisy": "noise",
     "draw_noise": "noise",
+    "noise_dtype": "noise",
     "noise_for": "noise",
     "sample_noise": "noise",
 }

@@ -47,7 +47,8 @@ class _LowRankLinear(torch.autograd.Function):
             out = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
             samples = z.shape[0]
             b_ext = _with_bias_column(lora_B, delta_b)  # [d_out, r(+1)]
-            b_noisy = z.unsqueeze(-1) * b_ext  # each sample's own diag(z_i) B': [S, d_out, r(+1)]
+            # each sample's own diag(z_i) B': [S, d_out, r(+1)], multiplied in z's float32, rounded once
+            b_noisy = (z.unsqueeze(-1) * b_ext.to(z.dtype)).to(b_ext.dtype)
             u_ext = _with_ones_column(u, delta_b is not None)
             out.view(samples, -1, d_out).baddbmm_(u_ext.view(samples, -1, u_ext.shape[1]), b_noisy.transpose(1, 2))
             ctx.save_for_backward(x, weight, lora_A, b_noisy, u_ext, z)
@@ -75,7 +76,7 @@ class _LowRankLinear(torch.autograd.Function):
             if need_B or (need_db and ctx.has_delta_b):
                 # ∂B'[o, k] = Σ_i z_io Σ_t g_ito u'_itk: per sample gᵢᵀ u'ᵢ, scaled by z_i, summed
                 per_sample = torch.bmm(g3.transpose(1, 2), u.view(samples, -1, u.shape[1]))  # [S, d_out, r(+1)]
-                grad_ext = torch.einsum("so,sok->ok", z, per_sample)
+                grad_ext = torch.einsum("so,sok->ok", z, per_sample.to(z.dtype))
                 if need_B:
                     grad_B = grad_ext[:, :rank]
                 if need_db and ctx.has_delta_b:
@@ -100,7 +101,8 @@ def low_rank_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tens
     x is [rows, ..., d_in]; with z its rows are grouped into ``len(z)`` samples, a sample's rows
     next to each other (Swin's windows), each sample's noise shared by all its tokens.
     Equal to the dense formula with ΔW = B A (``adapters.adapter_delta``) up to float rounding.
-    Under autocast the inputs are cast to the autocast dtype, as an autocast matmul would.
+    Under autocast the inputs are cast to the autocast dtype, as an autocast matmul would, but
+    the noise z stays float32 (``draw_noise``): z ⊙ B' is taken in float32 and rounded once.
     """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
@@ -108,5 +110,5 @@ def low_rank_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tens
         cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
         with torch.autocast(device_type, enabled=False):
             return _LowRankLinear.apply(cast(x), cast(weight), cast(bias), cast(lora_A), cast(lora_B),
-                                        cast(delta_b), cast(z))
+                                        cast(delta_b), z)
     return _LowRankLinear.apply(x, weight, bias, lora_A, lora_B, delta_b, z)

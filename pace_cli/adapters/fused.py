@@ -43,7 +43,8 @@ def _per_sample_matmul(left: Tensor, weight: Tensor, delta_w: Tensor, z: Tensor,
     out_features = weight.shape[0] if transpose else weight.shape[1]
     out = left.new_empty(left.shape[0], left.shape[1], out_features)
     for chunk in _sample_chunks(left.shape[0], weight.numel()):
-        weights = torch.addcmul(weight, z[chunk].unsqueeze(-1), delta_w)  # [c, d_out, d_in]
+        # Built in the weights' own dtype (float32 under autocast), rounded once for the matmul.
+        weights = torch.addcmul(weight, z[chunk].unsqueeze(-1), delta_w).to(left.dtype)  # [c, d_out, d_in]
         torch.bmm(left[chunk], weights.transpose(1, 2) if transpose else weights, out=out[chunk])
     return out
 
@@ -78,7 +79,7 @@ class _NoisyLinear(torch.autograd.Function):
         if need_dw or (need_db and ctx.has_delta_b):
             gz = g * z.unsqueeze(1)
             if need_dw:
-                grad_dw = gz.reshape(-1, gz.shape[-1]).t() @ x2
+                grad_dw = gz.to(x2.dtype).reshape(-1, gz.shape[-1]).t() @ x2
             if need_db and ctx.has_delta_b:
                 grad_db = gz.sum(dim=(0, 1))
         return grad_x, grad_w, grad_b, grad_dw, grad_db, None
@@ -92,13 +93,15 @@ def noisy_linear(x: Tensor, weight: Tensor, bias: Tensor | None, delta_w: Tensor
     sample then gets one weight for all its windows' tokens.
 
     Equal (to float rounding) to the two-matmul formula, with its gradients, at about the cost
-    of one linear layer. Under autocast the inputs are cast to the autocast dtype first, as an
-    autocast matmul would, and the function runs with autocast off so backward sees one dtype.
+    of one linear layer. Under autocast x and the biases are cast to the autocast dtype, as an
+    autocast matmul would, while the per-sample weights W0 + diag(z) ΔW are built from the
+    float32 W0, ΔW and z and rounded once (rounding z first would leave few distinct values at a
+    small sigma); the function runs with autocast off so backward sees the dtypes it was given.
     """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
-        x, weight, delta_w, z = (t.to(dtype) for t in (x, weight, delta_w, z))
+        x = x.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
         delta_b = delta_b.to(dtype) if delta_b is not None else None
         with torch.autocast(device_type, enabled=False):

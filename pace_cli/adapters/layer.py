@@ -14,7 +14,7 @@ from pace_cli.adapters.delta import adapter_delta, merged_weight_and_bias, plus
 from pace_cli.adapters.factored import low_rank_linear
 from pace_cli.adapters.fused import noisy_linear, worth_fusing
 from pace_cli.adapters.kinds import kind_spec
-from pace_cli.adapters.noise import draw_noise, noise_for
+from pace_cli.adapters.noise import add_noisy, draw_noise
 from pace_cli.errors import PaceError
 
 _INITS = {"zeros": nn.init.zeros_, "xavier": nn.init.xavier_uniform_}
@@ -118,7 +118,7 @@ class AdaptedLinear(nn.Module):
             delta_out = F.linear(F.linear(x, self.lora_A), self.lora_B, delta_b)
         else:
             delta_out = F.linear(x, delta_w, delta_b)
-        return base_out + noise_for(base_out, z) * delta_out
+        return add_noisy(base_out, delta_out, z)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}, rank={self.rank}"

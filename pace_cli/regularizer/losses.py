@@ -21,7 +21,7 @@ from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import PaceVariant
 from pace_cli.regularizer.masks import (
-    PairState, count_samples_hook, duplicate_hook, head_noise_hook, share_random_masks,
+    PairState, count_samples_hook, duplicate_hook, float32_forward, head_noise_hook, share_random_masks,
 )
 from pace_cli.regularizer.schedule import block_of, depth_groups, sigma_schedule
 
@@ -94,7 +94,7 @@ class PaceRegularizer:
         head = model.get_submodule(self.head_name)
         head.pace_sigma = self.sigmas[self.head_name]
         self._hooks = [head.register_forward_hook(head_noise_hook(self.state)),
-                       model.register_forward_pre_hook(count_samples_hook(self.state))]
+                       model.register_forward_pre_hook(count_samples_hook(self.state)), float32_forward(head)]
         # Every variant gets the keyed drop masks, so dropout and stochastic depth, too, do not
         # depend on the number of processes.
         share_random_masks(model, self.state)

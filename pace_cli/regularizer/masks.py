@@ -4,6 +4,8 @@ PACE compares two noisy passes over the same batch (paper §3.5): every other ra
 DropPath and dropout, must draw the same mask for both copies, so the adapter noise is the only
 difference. :class:`PairState` tells the model's modules whether the batch is duplicated, and
 the hooks duplicate it where the copies start to differ, noise the head, and count samples.
+:func:`float32_forward` keeps the head in float32 under autocast, so the logits whose
+differences make the consistency term are not rounded to bf16.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pace_cli.adapters import sample_noise
+from pace_cli.adapters import noise_dtype, sample_noise
 from pace_cli.distributed import SampleLayout
 
 
@@ -28,10 +30,12 @@ class PairState:
 
     def uniform(self, like: Tensor, rows: int, rest: tuple[int, ...]) -> Tensor:
         """U[0, 1) draws [rows, *rest] for one copy of the batch's samples, from the step's generator
-        when there is one."""
+        when there is one; float32 for a half-precision ``like``, so a mask compared with them is
+        the same under autocast as without."""
+        dtype = noise_dtype(like.dtype)
         if self.layout is None:
-            return like.new_empty((rows,) + rest).uniform_()
-        return self.layout.draw(rows, rest, copies=1, normal=False, dtype=like.dtype)
+            return like.new_empty((rows,) + rest, dtype=dtype).uniform_()
+        return self.layout.draw(rows, rest, copies=1, normal=False, dtype=dtype)
 
 
 class SharedDropPath(nn.Module):
@@ -103,6 +107,46 @@ def share_random_masks(model: nn.Module, state: PairState) -> int:
             setattr(model.get_submodule(parent_path) if parent_path else model, child, replacement)
             swapped += 1
     return swapped
+
+
+class Float32Forward:
+    """A module's forward run in float32 under autocast: float tensor arguments cast to float32 and
+    autocast off inside. Outside autocast it calls the forward untouched.
+
+    Installed as the module's own ``forward`` attribute (:func:`float32_forward`), so the module,
+    its parameters and its state-dict keys stay as they are, and its hooks still run around it.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.inner = module.forward
+
+    def __call__(self, *args, **kwargs):
+        device_type = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        if not torch.is_autocast_enabled(device_type):
+            return self.inner(*args, **kwargs)
+        widen = lambda a: a.float() if isinstance(a, Tensor) and a.is_floating_point() else a  # noqa: E731
+        with torch.autocast(device_type, enabled=False):
+            return self.inner(*(widen(a) for a in args), **{k: widen(v) for k, v in kwargs.items()})
+
+    def remove(self) -> None:
+        """Give the module back its own forward (if this wrapper is still the one installed)."""
+        if self.module.__dict__.get("forward") is self:
+            del self.module.forward
+
+
+def float32_forward(module: nn.Module) -> Float32Forward:
+    """Make ``module`` run in float32 under autocast until the returned handle's ``remove()``.
+
+    For the classifier head: the consistency term compares the two copies' logits, and a bf16
+    head would round them (and the head noise's effect) to 8 bits. On a module that already runs
+    this way nothing is installed and the handle's ``remove()`` does nothing, so an inner
+    installation (evaluation during training) does not undo the outer one (the regulariser's).
+    """
+    wrapper = Float32Forward(module)
+    if not isinstance(module.__dict__.get("forward"), Float32Forward):
+        module.forward = wrapper
+    return wrapper
 
 
 def head_noise_hook(state: PairState):
