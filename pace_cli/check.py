@@ -281,7 +281,8 @@ def _plan(report: CheckReport, recipe: Recipe, train_set, model: nn.Module, inje
     channels = recipe.model.in_chans or 3
     shape = (channels, image_size(recipe), image_size(recipe))
     try:
-        report.memory = estimate_memory(model, injection, shape, batch, p.variant, recipe.train.precision)
+        report.memory = estimate_memory(model, injection, shape, batch, p.variant, recipe.train.precision,
+                                        accumulate=recipe.train.accumulate)
     except (RuntimeError, NotImplementedError) as error:  # an operation without a meta implementation
         report.notes.append(f"no memory estimate: {type(error).__name__} tracing the model on the meta device "
                             f"({one_line(error)[:120]})")
@@ -309,13 +310,14 @@ def saved_activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch
 
 
 def estimate_memory(model: nn.Module, injection, input_shape: tuple[int, ...], batch: int, variant: str,
-                    precision: str) -> MemoryEstimate:
+                    precision: str, accumulate: int = 1) -> MemoryEstimate:
     """Memory of one training step: saved activations plus weights, gradients and AdamW state.
 
     Activations are traced for 1 and 2 images; the difference is the cost of one image and the
     rest does not grow with the batch (e.g. adapted weights computed once per step). PACE's
     `pace` and `lazy` variants run every image twice (two noisy copies), so a step holds 2 x
-    batch images; `off` and `fast` hold one copy. Not counted: the noise tensors and the
+    batch images; `off` and `fast` hold one copy. With ``accumulate`` > 1, ``batch`` is the
+    micro-batch, whose activations are all a step holds at once. Not counted: the noise tensors and the
     consistency loss (small next to a block's activations), temporary buffers inside one
     operation, and the allocator's slack; with bf16/fp16 autocast most activations take half.
     """
@@ -329,8 +331,10 @@ def estimate_memory(model: nn.Module, injection, input_shape: tuple[int, ...], b
     weights = (injection.total_parameters * _BYTES_PER_WEIGHT
                + injection.trainable_parameters * _BYTES_PER_TRAINABLE_EXTRA)
     how = ("activations autograd saves for backward, traced (on the meta device: no memory) for 1 and 2 images, scaled to "
-           f"{images} images per step ({'2 x ' if images != batch else ''}batch {batch}"
-           f"{', two noisy copies per image' if images != batch else ''})"
+           f"{images} images per {'micro-batch' if accumulate > 1 else 'step'} "
+           f"({'2 x ' if images != batch else ''}{'micro-' if accumulate > 1 else ''}batch {batch}"
+           f"{', two noisy copies per image' if images != batch else ''}"
+           f"{f'; [train] accumulate = {accumulate} runs them one after another' if accumulate > 1 else ''})"
            f"{', halved for ' + precision + ' autocast' if precision != 'fp32' else ''}; plus fp32 weights and, "
            "for trainable tensors, gradients and AdamW's two moments; excludes temporaries inside an operation "
            "and allocator overhead")
