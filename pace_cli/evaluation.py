@@ -76,27 +76,18 @@ def evaluate(model: nn.Module, loader: DataLoader, *, class_names: list[str], sp
     # The head in float32 under autocast, as the regulariser runs it in training.
     head = float32_forward(model.get_submodule(head_module_name(model))) if autocast_dtype else None
     start = time.perf_counter()
-    for images, labels, _ in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(images)
-        logits = logits.float()
-        labels_in_range = labels.clamp(max=num_classes - 1)
-        hit = logits.argmax(dim=1) == labels
-        counts[:num_classes] += torch.bincount(labels_in_range[hit], minlength=num_classes)[:num_classes]
-        counts[num_classes:2 * num_classes] += torch.bincount(labels_in_range, minlength=num_classes)[:num_classes]
-        if logits.shape[1] >= 5:
-            counts[-2] += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
-        counts[-1] += nn.functional.cross_entropy(logits, labels, reduction="sum")
-    if sharded:
-        from pace_cli import distributed
+    try:  # a failed batch (an unreadable image) leaves the model as it was given
+        _count_batches(model, loader, counts, num_classes, device, autocast_dtype)
+        if sharded:
+            from pace_cli import distributed
 
-        distributed.all_reduce_sum(counts)
-    if head is not None:
-        head.remove()
+            distributed.all_reduce_sum(counts)
+    finally:
+        if head is not None:
+            head.remove()
+        model.train(was_training)
     counts = counts.cpu()
     seconds = time.perf_counter() - start
-    model.train(was_training)
     correct, totals = counts[:num_classes].long(), counts[num_classes:2 * num_classes].long()
     top5_hits, loss_sum = counts[-2].item(), counts[-1].item()
     samples = int(totals.sum())
@@ -146,6 +137,22 @@ def build_eval_model(recipe: Recipe, *, weights: Path | None = None, adapter: Pa
         merged = merge_state_dict(model.state_dict(), adapter_file.tensors, meta.kind)
         load_state_into(model, merged, source=str(adapter), allow_new_head=False)
     return model, meta.class_names
+
+def _count_batches(model: nn.Module, loader: DataLoader, counts: torch.Tensor, num_classes: int,
+                   device: torch.device, autocast_dtype: torch.dtype | None) -> None:
+    """Add each batch's per-class hits and totals, top-5 hits and summed loss to ``counts``."""
+    for images, labels, _ in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(images)
+        logits = logits.float()
+        labels_in_range = labels.clamp(max=num_classes - 1)
+        hit = logits.argmax(dim=1) == labels
+        counts[:num_classes] += torch.bincount(labels_in_range[hit], minlength=num_classes)[:num_classes]
+        counts[num_classes:2 * num_classes] += torch.bincount(labels_in_range, minlength=num_classes)[:num_classes]
+        if logits.shape[1] >= 5:
+            counts[-2] += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
+        counts[-1] += nn.functional.cross_entropy(logits, labels, reduction="sum")
 
 
 def evaluate_recipe(recipe: Recipe, *, weights: Path | None = None, adapter: Path | None = None,

@@ -188,6 +188,22 @@ def test_evaluation_under_autocast_runs_the_head_in_float32():
     assert seen[-1] == torch.bfloat16  # evaluation gave the head back as it was
 
 
+
+def test_a_batch_that_fails_during_evaluation_leaves_the_head_and_mode_as_they_were():
+    model = _adapted_vit()
+    model.train()
+
+    def batches():
+        yield torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), torch.arange(4)
+        raise OSError("unreadable image")
+
+    with pytest.raises(OSError):
+        evaluate(model, batches(), class_names=[str(i) for i in range(10)], split="val",
+                 autocast_dtype=torch.bfloat16)
+    assert model.training
+    with torch.no_grad(), torch.autocast(**BF16):
+        assert model.head(torch.randn(2, model.head.in_features)).dtype == torch.bfloat16
+
 def _consistency(regularizer, images, labels, step, bf16):
     with torch.no_grad(), torch.autocast(**BF16, enabled=bf16):
         return regularizer.loss(images, labels, step=step).consistency.item()
