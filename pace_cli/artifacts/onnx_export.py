@@ -76,8 +76,8 @@ def export_onnx(merged_path: str | Path, output: str | Path, *, recipe=None, ops
     """
     onnx, _ = require_onnx()
     output = Path(output)
+    merged = load_merged_model(merged_path, recipe)  # first: an adapter is refused with the merge line
     files.check_can_write(output, overwrite)
-    merged = load_merged_model(merged_path, recipe)
     pre = merged.preprocessing
     export_batch, check_batch = (2, 3) if dynamic_batch else (1, 1)
     generator = torch.Generator().manual_seed(0)
@@ -127,6 +127,8 @@ def open_session(path: str | Path):
     _, ort = require_onnx("running an ONNX file")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    # Idle pool threads would otherwise spin between batches, taking the cores the image decoding needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors for a bad file
