@@ -181,3 +181,37 @@ def test_loader_workers_give_the_same_rows(trained, photos):
     parallel = _predict("--weights", trained.merged, photos, "--workers", 2, "--batch-size", 2)
     assert serial.exit_code == parallel.exit_code == 0
     assert serial.stdout == parallel.stdout
+
+
+def test_ctrl_c_leaves_the_previous_output(trained, photos, tmp_path, monkeypatch):
+    """Interrupted while predicting, or with the new file written but not yet in place: the old file stays."""
+    import pace_cli.files.atomic as atomic
+    import pace_cli.predict.run as run
+
+    out = tmp_path / "preds.csv"
+    out.write_text("previous")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for module, name in ((run, "predict_images"), (atomic, "fsync_file")):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, name, interrupted)
+            result = _predict("--weights", trained.merged, photos, "-o", out, "--overwrite")
+        assert result.exit_code == 130, name
+        assert out.read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == ["photos", "preds.csv"]
+    assert _predict("--weights", trained.merged, photos, "-o", out, "--overwrite").exit_code == 0
+    assert out.read_text().startswith("path,class_1")
+
+
+def test_merge_goes_on_when_the_recorded_recipe_no_longer_parses(trained, tmp_path):
+    from pace_cli.artifacts import merge_files
+
+    adapter = tmp_path / "adapter.safetensors"
+    meta = files.read_metadata(trained.adapter)
+    meta["recipe"] = meta["recipe"] + "\n[data.gone]\nkey = 1\n"
+    save_file(load_file(str(trained.adapter)), str(adapter), metadata=meta)
+    merged = tmp_path / "merged.safetensors"
+    merge_files(trained.base, adapter, merged)
+    assert "preprocessing" not in read_file_metadata(merged)
+    assert torch.equal(load_file(str(merged))["head.weight"], load_file(str(trained.merged))["head.weight"])

@@ -82,9 +82,14 @@ class Preprocessing:
 
 
 def recipe_preprocessing(recipe_text: str, source: str) -> Preprocessing | None:
-    """The preprocessing of an adapter's recorded recipe (TOML text); None when it records none."""
+    """The preprocessing of an adapter's recorded recipe (TOML text); None when it records none, or one
+    this pace no longer reads (a key since renamed): the merge goes on, and `predict` then asks for --recipe."""
     if not recipe_text:
         return None
     from pace_cli.recipe import parse_recipe
 
-    return Preprocessing.from_recipe(parse_recipe(recipe_text, source=f"the recipe recorded in {source}"))
+    try:
+        recipe = parse_recipe(recipe_text, source=f"the recipe recorded in {source}")
+    except PaceError:
+        return None
+    return Preprocessing.from_recipe(recipe)
