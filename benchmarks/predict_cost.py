@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """`pace predict`'s cost: images/s of the merged model against the plain base, and ONNX Runtime against PyTorch.
 
-    python benchmarks/predict_cost.py                      # 512 PNGs, batch 64, 5 rounds
+    python benchmarks/predict_cost.py                      # 512 PNGs, batch 64, 5 rounds, 1 thread each
+    python benchmarks/predict_cost.py --threads 0          # each library's own thread pool
     python benchmarks/predict_cost.py --images 1024 --json
 
 Trains the quick start (the shipped Fashion-MNIST ViT, `lora_mul+vpt_add`) for one epoch on one
@@ -61,7 +62,7 @@ def write_digits(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def make_models(folder: Path) -> dict:
+def make_models(folder: Path, threads: int | None) -> dict:
     recipe = load_recipe(QUICKSTART, ["train.epochs=1", "data.shots=1", f"output.dir={folder / 'run'}"])
     adapter = train(recipe).adapter_path
     merged = folder / "merged.safetensors"
@@ -71,7 +72,7 @@ def make_models(folder: Path) -> dict:
         "merged": load_image_model(weights=merged, device="cpu"),
         "base": load_image_model(weights=resolve_checkpoint("builtin:fmnist_vit"), recipe=load_recipe(QUICKSTART),
                                  device="cpu"),
-        "onnx": load_image_model(onnx=folder / "model.onnx"),
+        "onnx": load_image_model(onnx=folder / "model.onnx", threads=threads),
     }
     return {"models": models, "check": onnx_report.check}
 
@@ -103,13 +104,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=50, help="forward passes per round")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of both PyTorch and ONNX Runtime; 0: each one's own default "
+                             "(on shared cores two pools of spinning threads make the figures swing)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = args.threads or None
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = write_digits(folder, args.images)
-        built = make_models(folder)
+        built = make_models(folder, args.threads)
         models = built["models"]
         from pace_cli.data import PredictImages, eval_transform, image_file_dataset
 

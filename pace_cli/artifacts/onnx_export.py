@@ -123,9 +123,12 @@ def compare_with_torch(onnx_path: Path, model: torch.nn.Module, images: torch.Te
                      logit_scale=float(expected.abs().max()))
 
 
-def open_session(path: str | Path):
+def open_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session; ``threads`` caps its intra-op pool (default: onnxruntime's, one per core)."""
     _, ort = require_onnx("running an ONNX file")
     options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
     options.log_severity_level = 3  # errors only
     # Idle pool threads would otherwise spin between batches, taking the cores the image decoding needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -158,12 +161,12 @@ class OnnxModel:
         return torch.from_numpy(np.concatenate(out))
 
 
-def load_onnx_model(path: str | Path, recipe=None) -> OnnxModel:
+def load_onnx_model(path: str | Path, recipe=None, threads: int | None = None) -> OnnxModel:
     """An ONNX file pace exported; ``recipe`` overrides the preprocessing it records."""
     path = Path(path)
     if not path.is_file():
         raise PaceError(f"ONNX file '{path}' not found", remedy="check the path")
-    session = open_session(path)
+    session = open_session(path, threads)
     props = session.get_modelmeta().custom_metadata_map
     if recipe is not None:
         pre = Preprocessing.from_recipe(recipe)

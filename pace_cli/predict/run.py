@@ -53,8 +53,10 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def load_image_model(*, weights: Path | None = None, adapter: Path | None = None, onnx: Path | None = None,
-                     recipe=None, device: str = "auto") -> ImageModel:
-    """The model of exactly one of ``weights``, ``adapter``, ``onnx``; ``recipe`` overrides what the file records."""
+                     recipe=None, device: str = "auto", threads: int | None = None) -> ImageModel:
+    """The model of exactly one of ``weights``, ``adapter``, ``onnx``; ``recipe`` overrides what the file records.
+
+    ``threads`` caps onnxruntime's pool (PyTorch's is the process's ``torch.get_num_threads()``)."""
     given = [name for name, value in (("--weights", weights), ("--adapter", adapter), ("--onnx", onnx))
              if value is not None]
     if len(given) != 1:
@@ -64,7 +66,7 @@ def load_image_model(*, weights: Path | None = None, adapter: Path | None = None
         if device not in ("auto", "cpu"):
             raise PaceError(f"--device {device} with --onnx: pace runs ONNX files on onnxruntime's CPU provider",
                             remedy="drop --device")
-        return load_onnx_model(onnx, recipe)
+        return load_onnx_model(onnx, recipe, threads)
     target = resolve_device(device)
     if weights is not None:
         merged = load_merged_model(weights, recipe)
