@@ -85,7 +85,7 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing PEFT adapter folder.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ):
-    """Write a lora_add adapter as a Hugging Face PEFT LoRA that loads without pace installed.
+    """Write a lora_add adapter as a Hugging Face PEFT LoRA, or a merged model as ONNX; neither needs pace to load.
 
     Example: [bold]pace export runs/qs/adapter.safetensors --format peft -o runs/qs/peft[/], then in Python
     [bold]PeftModel.from_pretrained(timm_model_with_base_weights, "runs/qs/peft")[/].
