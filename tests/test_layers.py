@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
     ["pace_cli.cli", "pace_cli.__main__"],
     ["pace_cli.report", "pace_cli.sweep"],
     ["pace_cli.training"],
-    ["pace_cli.evaluation"],
+    ["pace_cli.evaluation", "pace_cli.predict"],
     ["pace_cli.artifacts", "pace_cli.check"],
     ["pace_cli.builders"],
     ["pace_cli.models", "pace_cli.data", "pace_cli.regularizer"],

@@ -1,5 +1,5 @@
 """What pace writes as products: adapter files and their typed metadata, merged files made by the
-streaming merge, PEFT export/import.
+streaming merge, PEFT export/import, ONNX export.
 
 The face of the package: the names other packages use, each loaded from its submodule on first
 access (see :mod:`pace_cli.lazy`).
@@ -15,9 +15,21 @@ _EXPORTS = {
     "read_file_metadata": "adapter_file",
     "export_base_weights": "base",
     "describe_file": "inspect",
+    "MergedModel": "merged_file",
+    "load_merged_model": "merged_file",
+    "merge_first_line": "merged_file",
     "ADAPTER_FORMAT": "metadata",
     "AdapterMetadata": "metadata",
     "TrainingRecord": "metadata",
+    "Preprocessing": "preprocessing",
+    "RESIZE_MODES": "preprocessing",
+    "recipe_preprocessing": "preprocessing",
+    "ONNX_INSTALL": "onnx_export",
+    "OnnxExportReport": "onnx_export",
+    "OnnxModel": "onnx_export",
+    "export_onnx": "onnx_export",
+    "load_onnx_model": "onnx_export",
+    "require_onnx": "onnx_export",
     "PeftExportReport": "peft_export",
     "check_can_write_folder": "peft_export",
     "export_peft": "peft_export",

@@ -15,6 +15,8 @@ from torch import Tensor
 from pace_cli import __version__, files
 from pace_cli.adapters import iter_merged, split_adapter_state
 from pace_cli.artifacts.adapter_file import MERGED_FORMAT, read_adapter
+from pace_cli.artifacts.preprocessing import METADATA_KEY as PREPROCESSING_KEY
+from pace_cli.artifacts.preprocessing import recipe_preprocessing
 from pace_cli.errors import PaceError
 
 
@@ -191,6 +193,8 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
                         "`pace export-base RECIPE --output base.safetensors`")
     layers, head = split_adapter_state(adapter.tensors)
     recorded = adapter.metadata
+    # How `pace predict` and the ONNX export read images for this model, so they need only the merged file.
+    preprocessing = recipe_preprocessing(recorded.recipe, str(adapter.path))
     if not force and not recorded.records_base:
         raise PaceError(f"'{adapter.path.name}' records no base fingerprint, so pace cannot tell whether "
                         f"'{base_path}' is its base", remedy="pass --force to merge anyway")
@@ -234,6 +238,8 @@ def merge_files(base_path: str | Path, adapter_path: str | Path, output: str | P
             "fingerprint_checked": fingerprint_ok,
             "head": adapter.head_name,
         }
+        if preprocessing is not None:
+            meta[PREPROCESSING_KEY] = preprocessing.to_metadata()
         threads = torch.get_num_threads()
         # The arithmetic is elementwise on a layer at a time: one intra-op thread is as fast when the
         # machine is idle and several times faster when it is busy, and the fingerprint thread has

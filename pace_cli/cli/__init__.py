@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from pace_cli import __version__
-from pace_cli.cli import check, evaluate, files, report, sweep, train
+from pace_cli.cli import check, evaluate, files, predict, report, sweep, train
 from pace_cli.cli.common import STATE, console, guarded
 from pace_cli.cli.help import PaceCommand, PaceGroup
 
@@ -47,6 +47,7 @@ def main(
 # in the order `pace --help` lists them
 for _command, _name in [
     (train.train, None), (files.merge, None), (evaluate.eval_, "eval"), (evaluate.inspect, None),
+    (predict.predict, None),
     (files.export_base, "export-base"), (files.export, None), (files.import_peft, "import-peft"),
     (check.check, None), (sweep.sweep, None), (report.report, None),
 ]:

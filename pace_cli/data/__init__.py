@@ -18,7 +18,10 @@ _EXPORTS = {
     "FEWSHOT_LAYOUTS": "fewshot",
     "fewshot_list": "fewshot",
     "FGVC_IMAGE_DIRS": "fgvc",
-    "IMAGE_EXTENSIONS": "imagefolder",
+    "IMAGE_EXTENSIONS": "images",
+    "PredictImages": "images",
+    "collect_image_paths": "images",
+    "image_file_dataset": "images",
     "CACHE_AUTO_BYTES": "loader",
     "cache_wanted": "loader",
     "default_num_workers": "loader",
@@ -30,6 +33,7 @@ _EXPORTS = {
     "SourceSpec": "sources",
     "get_source": "sources",
     "Transform": "transforms",
+    "eval_transform": "build",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -54,7 +54,7 @@ def build_dataset(source: str, split: str, *, root: str | Path | None = None,
         raise PaceError(f"empty split name for source '{source}'; give a split name such as 'train'")
     if spec.splits is not None and split not in spec.splits:
         raise PaceError(f"unknown split '{split}' for source '{source}'; use one of: " + ", ".join(spec.splits))
-    transform = _transform(image_size, channels, mean, std)
+    transform = eval_transform(image_size, channels, mean, std)
     sample_augment = None
     if augment is not None:
         if not train:
@@ -93,7 +93,8 @@ def _check_source_arguments(spec: SourceSpec, *, root, list_shots, options: dict
             raise PaceError(only_read_by(key, spec.name, lambda s: key in s.options))
 
 
-def _transform(image_size: int, channels: int, mean, std) -> Transform:
+def eval_transform(image_size: int, channels: int, mean, std) -> Transform:
+    """The checked resize-and-normalise of every split, from its four settings."""
     if channels not in (1, 3):
         raise PaceError(f"channels = {channels} is not supported; use 1 or 3")
     if int(image_size) <= 0:

@@ -6,16 +6,14 @@ care compare ``classes`` between splits (``pace check`` does).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from pace_cli.data.datasets import FileDataset, PaceDataset
+from pace_cli.data.datasets import PaceDataset
+from pace_cli.data.images import IMAGE_EXTENSIONS, image_file_dataset, images_under
 from pace_cli.data.sources import SourceRequest
 from pace_cli.errors import PaceError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
+__all__ = ["IMAGE_EXTENSIONS", "build"]
 
 
 def build(request: SourceRequest) -> PaceDataset:
@@ -33,13 +31,12 @@ def build(request: SourceRequest) -> PaceDataset:
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(split_dir / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in sorted(filenames):
-                if not fname.startswith(".") and Path(fname).suffix.lower() in IMAGE_EXTENSIONS:
-                    paths.append(Path(dirpath) / fname)
-                    labels.append(label)
-    return FileDataset(paths, split_dir, classes=classes, labels=labels, **request.common())
+        found = images_under(split_dir / name)
+        paths.extend(found)
+        labels.extend([label] * len(found))
+    # `pace predict` reads its files through the same function, so both give the model the same tensors.
+    return image_file_dataset(paths, split_dir, request.transform, classes=classes, labels=labels,
+                              source=request.source, split=request.split)
 
 
 def _visible_folders(folder: Path) -> list[str]:

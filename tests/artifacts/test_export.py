@@ -241,7 +241,7 @@ def test_export_refuses_the_wrong_base_and_keeps_the_old_folder(tmp_path):
     check_one_line_error(runner.invoke(app, ["export", str(adapter), "-o", str(tmp_path / "mine"), "--overwrite"]),
                          "other files")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
-    check_one_line_error(runner.invoke(app, ["export", str(adapter), "-o", str(out), "--format", "onnx"]), "onnx")
+    check_one_line_error(runner.invoke(app, ["export", str(adapter), "-o", str(out), "--format", "tflite"]), "tflite")
 
 
 # ---------------------------------------------------------------- import: PEFT → pace
