@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
+
+import pytest
 
 from helpers import tiny_recipe_text
 from typer.testing import CliRunner
@@ -40,3 +46,28 @@ def test_the_help_names_the_backend_flags():
     text = CliRunner().invoke(app, ["sweep", "--help"], terminal_width=200).output
     for flag in ("--backend", "--address", "--gpus-per-trial", "--cpus-per-trial", "--max-concurrent"):
         assert flag in text
+
+
+def test_ctrl_c_stops_a_ray_sweep_with_130_and_the_rerun_completes_it(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the driver, Ray and its workers."""
+    pytest.importorskip("ray")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(tiny_recipe_text(data={"batch_size": 16, "synthetic_classes": 4, "synthetic_size": 256},
+                                       adapter={"rank": 2}, train={"epochs": 12, "log_every": 1}))
+    command = [sys.executable, "-m", "pace_cli.cli", "sweep", str(recipe), "--grid", "pace.lambda=0.1,1",
+               "--backend", "ray", "-o", str(tmp_path / "s")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    sweep = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    runs = tmp_path / "s" / "runs"
+    deadline = time.time() + 120
+    while not list(runs.glob("*/checkpoint.safetensors")) and time.time() < deadline and sweep.poll() is None:
+        time.sleep(0.2)
+    os.killpg(sweep.pid, signal.SIGINT)
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, output
+    assert "continue with the same command plus --resume" in output
+    assert any(not (run / "adapter.safetensors").exists() for run in runs.iterdir())
+    again = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert all((run / "adapter.safetensors").is_file() for run in runs.iterdir())
