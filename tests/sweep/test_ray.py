@@ -25,7 +25,7 @@ from pace_cli.training.stop import TrainingInterrupted
 
 ray = pytest.importorskip("ray")
 
-from pace_cli.sweep.backends.ray import RayBackend  # noqa: E402 - needs ray
+from pace_cli.sweep.backends.ray import RayBackend, refuse_unshared_folder  # noqa: E402 - needs ray
 
 # Under shots, --final scores the grid runs' adapters on test: score trials follow the grid trials.
 # 16 training images at batch 16: one step an epoch, a checkpoint at each epoch's end.
@@ -194,3 +194,10 @@ def test_under_torchrun_the_ray_backend_is_refused(cluster, tmp_path, monkeypatc
     with pytest.raises(PaceError, match="--backend ray under torchrun"):
         run_sweep(_plan(tmp_path), backend=RayBackend())
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_sweep_folder_a_node_cannot_see_is_one_line(cluster, tmp_path):
+    refuse_unshared_folder(ray, tmp_path, every_node=True)  # this machine's own node sees it
+    with pytest.raises(PaceError, match="the sweep folder '.*elsewhere' is not visible on .*; put the sweep folder"):
+        refuse_unshared_folder(ray, tmp_path / "elsewhere", every_node=True)
+

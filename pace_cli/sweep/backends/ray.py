@@ -130,6 +130,7 @@ class RayBackend:
                 trial_runs.append(run)
         if not trial_runs:
             return
+        refuse_unshared_folder(ray, trial_runs[0].run_dir.parents[1].resolve())
         if context.stop.requested:
             raise TrainingInterrupted(f"sweep interrupted before its {len(trial_runs)} trials started; "
                                       "continue with the same command plus --resume", exit_code=context.stop.exit_code())
@@ -143,26 +144,30 @@ class RayBackend:
         tuner = self._tuner(runs, events, flag, runs[0])
         fit = threading.Thread(target=_fit_into, args=(tuner, events), daemon=True, name="pace-ray-tune")
         interrupted = 0
-        flagged = False
-        with stop_on_signals(context.stop):
-            fit.start()
-            while True:
-                if context.stop.requested and not flagged:
-                    flag.set.remote()
-                    flagged = True
-                try:
-                    kind, payload = events.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if kind == "done":
-                    close_channel(events)
-                    break
-                if kind == "error":
-                    raise payload
-                if kind == "interrupted":
-                    interrupted += 1
-                    continue
-                yield payload
+        flagged = done = False
+        try:
+            with stop_on_signals(context.stop):
+                fit.start()
+                while not done:
+                    if context.stop.requested and not flagged:
+                        flag.set.remote()
+                        flagged = True
+                    try:
+                        kind, payload = events.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
+                    done = kind == "done"
+                    if kind == "error":
+                        raise payload
+                    if kind == "interrupted":
+                        interrupted += 1
+                    elif kind == "outcome":
+                        yield payload
+        finally:
+            if not done:  # the sweep failed or was abandoned here: the trials still save and stop
+                flag.set.remote()
+                fit.join(timeout=120)
+            close_channel(events)
         fit.join()
         if flagged or interrupted:
             raise TrainingInterrupted(
@@ -179,11 +184,34 @@ class RayBackend:
         return tune.Tuner(
             tune.with_resources(trainable, {"cpu": self.cpus, "gpu": self.gpus}),
             param_space={"run": tune.grid_search(list(range(len(runs))))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent or 0, reuse_actors=False),
+            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent or 0, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"{first.phase}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 callbacks=[forwarding_callback(runs, events, self.trials)]))
+
+
+def refuse_unshared_folder(ray, folder: Path, *, every_node: bool = False) -> None:
+    """Every node must see the sweep folder (trials write there): asked of each node but this one
+    (``every_node``: this one too), by a task of no resources pinned to it, before any trial starts."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [n for n in ray.nodes() if n.get("Alive") and (every_node or n["NodeID"] != here)]
+    if not nodes:
+        return
+    sees = ray.remote(num_cpus=0)(_sees)
+    answers = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                       .remote(str(folder)) for n in nodes])
+    blind = [host for host, seen in answers if not seen]
+    if blind:
+        raise PaceError(f"the sweep folder '{folder}' is not visible on {', '.join(sorted(set(blind)))}",
+                        remedy="put the sweep folder, recipe and data on a file system every node of the Ray "
+                               "cluster sees, at the same path")
+
+
+def _sees(folder: str) -> tuple[str, bool]:
+    return socket.gethostname(), Path(folder).is_dir()
 
 
 def _fit_into(tuner, events: queue.Queue) -> None:
