@@ -59,8 +59,8 @@ def same_adapters(a: Path, b: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--size", type=int, default=512, help="synthetic training images per run")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--size", type=int, default=1024, help="synthetic training images per run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_ray.json")
     args = parser.parse_args()
 
