@@ -27,6 +27,18 @@ def sweep(
                                              help="Sweep folder (one run folder per setting and seed).")] = Path("runs/sweep"),
     set_: SetOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print sweep.json's content instead of tables.")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="What trains the runs: sequential (one after another in "
+                                         "this process) or ray (Ray Tune trials over a cluster's CPUs and GPUs; "
+                                         "pip install 'pace-cli\\[ray]').")] = "sequential",
+    address: Annotated[Optional[str], typer.Option("--address", help="With --backend ray: auto joins the running "
+                                                   "cluster, HOST:PORT the one there; unset starts a local one "
+                                                   "sized to this machine.")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option("--gpus-per-trial", help="With --backend ray: GPUs per "
+                                                            "trial (0.25 packs four trials on a GPU).")] = None,
+    cpus_per_trial: Annotated[Optional[int], typer.Option("--cpus-per-trial", help="With --backend ray: CPU cores "
+                                                          "per trial (torch's thread count; caps num_workers = auto).")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="With --backend ray: at most "
+                                                          "this many trials at once (default: as many as fit).")] = None,
 ):
     """Train a grid of settings over seeds, rank them by mean validation top-1, optionally score the best on test.
 
@@ -39,6 +51,8 @@ def sweep(
     from pace_cli.distributed import is_rank_zero
     from pace_cli.sweep import parse_seeds, plan_sweep, run_sweep
 
+    runner = _backend(backend, address=address, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+                      max_concurrent=max_concurrent)
     plan = plan_sweep(recipe, output_dir, grid=grid or (), seeds=parse_seeds(seeds), overrides=set_ or (),
                       final=final)
     speaks = is_rank_zero()  # under torchrun every rank trains; rank 0 reports
@@ -47,7 +61,7 @@ def sweep(
             warn(note)
     logger = RichSweepLogger(quiet=json_output or not speaks)
     try:
-        result = run_sweep(plan, resume=resume, logger=logger)
+        result = run_sweep(plan, resume=resume, logger=logger, backend=runner)
     finally:
         logger.finish()
     if not speaks:
@@ -56,6 +70,20 @@ def sweep(
         print_json(result.to_dict())
     else:
         render_sweep(result)
+
+
+def _backend(name: str, **ray_options):
+    """The backend object; a Ray flag given to another backend is refused rather than ignored."""
+    from pace_cli.errors import PaceError
+    from pace_cli.sweep import backend_named
+
+    given = {key: value for key, value in ray_options.items() if value is not None}
+    if name != "ray":
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise PaceError(f"{flag} is a --backend ray option; add --backend ray or drop {flag}")
+        return backend_named(name)
+    return backend_named(name, **given)
 
 
 def _percent(value) -> str:
@@ -91,6 +119,8 @@ class RichSweepLogger:
             return
         score = (f"val top-1 {_percent(outcome.val_top1)}" if outcome.phase == "grid"
                  else f"test top-1 {_percent(outcome.test_top1)}")
+        if outcome.status == "failed":
+            score = outcome.reason
         self.progress.console.print(f"{outcome.status:8} {outcome.phase} {outcome.setting} seed {outcome.seed}: "
                                     f"{score} ({outcome.seconds:.1f}s)", soft_wrap=True, highlight=False)
         self.progress.advance(self.task)

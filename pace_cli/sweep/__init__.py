@@ -13,6 +13,7 @@ _EXPORTS = {
     "SweepBackend": "backends.base",
     "SweepLogger": "backends.base",
     "SequentialBackend": "backends.sequential",
+    "RayBackend": "backends.ray",
     "GridAxis": "plan",
     "PlannedRun": "plan",
     "SEED_KEYS": "plan",

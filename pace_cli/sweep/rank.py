@@ -21,13 +21,14 @@ class RunOutcome:
     values: dict[str, Any]
     seed: int
     run_dir: str
-    status: str  # trained, resumed, scored (a grid run's adapter, on test), skipped (already complete)
+    status: str  # trained, resumed, scored (a grid run's adapter, on test), skipped (already complete), failed
     val_top1: float | None = None
     val_loss: float | None = None
     test_top1: float | None = None
     test_loss: float | None = None
     seconds: float = 0.0
     protocol: str = ""  # what the run did to get its score (PlannedRun.protocol)
+    reason: str = ""  # why a failed run failed, in one line
 
     @classmethod
     def of(cls, run: PlannedRun, status: str) -> RunOutcome:

@@ -36,13 +36,17 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
     The writer holds the sweep folder's lock throughout, so a second sweep into it is refused.
     ``backend`` runs the runs: a backend object, or the name of a registered one
     (:data:`~pace_cli.sweep.backends.registry.BACKENDS`); the default, ``sequential``, trains them
-    one after another in this process.
+    one after another in this process. A backend's optional ``prepare()`` runs before the sweep
+    folder is locked.
     """
     from pace_cli.files.lock import output_lock
     from pace_cli.sweep.backends.registry import backend_named
 
     if isinstance(backend, str):
         backend = backend_named(backend)  # an unknown name fails here, before the folder is locked
+    prepare = getattr(backend, "prepare", None)
+    if prepare is not None:  # e.g. joining a cluster: what fails there fails before the folder is touched
+        prepare()
 
     with output_lock(plan.sweep_dir) if writes_files() else contextlib.nullcontext():
         return _run_sweep(plan, resume=resume, logger=logger or SweepLogger(), stop=StopRequest.of(stop),

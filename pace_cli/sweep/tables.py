@@ -21,7 +21,7 @@ def writes_files() -> bool:
 
 
 CSV_COLUMNS = ("phase", "setting", "seed", "status", "val_top1", "val_loss", "test_top1", "test_loss",
-               "seconds", "run_dir", "protocol")
+               "seconds", "run_dir", "protocol", "reason")
 
 
 def write_tables(result: SweepResult) -> None:

@@ -42,8 +42,8 @@ def test_a_backend_object_is_taken_as_it_is(tmp_path):
 
 
 def test_an_unknown_backend_is_one_line_before_anything_runs(tmp_path):
-    with pytest.raises(PaceError, match="unknown sweep backend 'ray'; use one of: sequential"):
-        _sweep(tmp_path, "none", "ray")
+    with pytest.raises(PaceError, match="unknown sweep backend 'dask'; use one of: sequential, ray"):
+        _sweep(tmp_path, "none", "dask")
     assert not (tmp_path / "none" / "sweep.json").exists()
 
 

@@ -1,4 +1,4 @@
-"""Sweep backends: what runs the planned runs (today: one after another, in this process).
+"""Sweep backends: what runs the planned runs (one after another in this process, or as Ray Tune trials).
 
 The face of the package: the names other packages use, each loaded from its submodule on first
 access (see :mod:`pace_cli.lazy`).
@@ -17,6 +17,7 @@ _EXPORTS = {
     "BACKENDS": "registry",
     "backend_named": "registry",
     "SequentialBackend": "sequential",
+    "RayBackend": "ray",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -113,12 +113,12 @@ def score_adapter(run: PlannedRun) -> RunOutcome:
         raise PaceError(f"'{run.run_dir}' has no adapter to score on test; its grid run has not finished, "
                         "rerun the sweep (with --resume if it was interrupted)")
     refuse_another_recipe(run)
-    outcome = RunOutcome.of(run, "skipped" if _saved_test_score(run, adapter) else "scored")
+    outcome = RunOutcome.of(run, "skipped" if saved_test_score(run, adapter) else "scored")
     score(run, outcome, adapter)
     return outcome
 
 
-def _saved_test_score(run: PlannedRun, adapter: Path) -> tuple[float, float] | None:
+def saved_test_score(run: PlannedRun, adapter: Path) -> tuple[float, float] | None:
     """The test score kept in test.json beside ``adapter``, unless the adapter is newer."""
     path = run.run_dir / TEST_FILE
     if path.is_file() and path.stat().st_mtime >= adapter.stat().st_mtime:
@@ -131,7 +131,7 @@ def _test_score(run: PlannedRun, adapter: Path) -> tuple[float, float]:
     """Test top-1 and loss of the adapter, kept in test.json beside it so a rerun does not re-evaluate."""
     from pace_cli.evaluation import evaluate_recipe
 
-    saved = _saved_test_score(run, adapter)
+    saved = saved_test_score(run, adapter)
     if saved is not None:
         return saved
     result = evaluate_recipe(run.recipe, adapter=adapter, split=run.recipe.data.test_split)

@@ -13,6 +13,7 @@ from pace_cli.errors import PaceError
 
 BACKENDS = {
     "sequential": "pace_cli.sweep.backends.sequential:SequentialBackend",
+    "ray": "pace_cli.sweep.backends.ray:RayBackend",  # optional extra: pip install 'pace-cli[ray]'
 }
 
 
