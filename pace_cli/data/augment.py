@@ -13,6 +13,7 @@ random streams do not move.
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
@@ -50,6 +51,11 @@ def timm_train_transform(image_size: int, mean: Sequence[float], std: Sequence[f
     from timm.data import create_transform
 
     options = dict(options)
+    ignored = _sections_timm_ignores(options.get("auto_augment"))
+    if ignored:
+        raise PaceError(f"[augment] auto_augment = {options['auto_augment']!r}: timm would silently ignore "
+                        f"{', '.join(map(repr, ignored))} (a section is a letter code and a number, e.g. 'm9')",
+                        remedy="fix or drop those sections, e.g. 'rand-m9-mstd0.5-inc1'")
     if not options.get("color_jitter"):
         options["color_jitter"] = None  # timm would apply ColorJitter(0, 0, 0) for a 0
     for key in ("scale", "ratio"):
@@ -76,6 +82,18 @@ def timm_train_transform(image_size: int, mean: Sequence[float], std: Sequence[f
                                 "(RandAugment) or 'original' (AutoAugment)") from None
         raise PaceError(f"[augment]: timm's create_transform rejects these settings ({why})",
                         remedy="fix the [augment] keys") from None
+
+
+def _sections_timm_ignores(policy: str | None) -> list[str]:
+    """The sections of a RandAugment or AugMix string that timm skips without a word.
+
+    timm splits ``rand-m9-mstd0.5`` at '-' and reads each later section as a key followed by its
+    number; a section without a digit (a typo such as ``mX`` or ``mstd``) is passed over, so the
+    policy runs without the setting the user wrote.
+    """
+    if not policy or not policy.startswith(("rand", "augmix")):
+        return []
+    return [section for section in policy.split("-")[1:] if not re.search(r"\d", section)]
 
 
 def posterize_keeping_zero_bits(img, bits_to_keep, **kwargs):

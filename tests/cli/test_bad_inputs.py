@@ -371,6 +371,35 @@ def case_batch_not_divisible_by_processes(tmp):
     return train_args(tmp, recipe_with(tmp, "batch_size = 8", "batch_size = 9")) + ["--nproc", "2"], "batch_size = 9"
 
 
+
+def case_accumulate_not_dividing_the_batch(tmp):
+    return train_args(tmp, recipe_with(tmp, "epochs = 1", "epochs = 1\naccumulate = 3")), "accumulate = 3"
+
+
+def _augment_args(tmp, policy: str) -> list[str]:
+    section = f'[augment]\ntransform = "timm"\nauto_augment = "{policy}"\n[train]'
+    return train_args(tmp, recipe_with(tmp, "[train]", section))
+
+
+def case_randaugment_string_timm_rejects(tmp):
+    return _augment_args(tmp, "rand-m9-nope2"), "[augment] auto_augment"
+
+
+def case_randaugment_section_timm_would_ignore(tmp):
+    return _augment_args(tmp, "rand-m9-bogus"), "[augment] auto_augment"
+
+
+def case_onnx_export_of_an_adapter(tmp):
+    adapter, _ = trained_adapter(tmp)
+    return ["export", str(adapter), "--format", "onnx", "-o", str(tmp / "model.onnx")], "pace merge"
+
+
+def case_predict_without_images(tmp):
+    adapter, _ = trained_adapter(tmp)
+    (tmp / "photos").mkdir()
+    (tmp / "photos" / "notes.txt").write_text("not an image")
+    return ["predict", "--adapter", str(adapter), str(tmp / "photos")], "no images found"
+
 CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 EXIT_CODES = {"diverging_loss": 3}
 # Failures late in a run keep its last checkpoint, on purpose: --resume continues from it.

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from pace_cli.builders import build_dataset as build_from_recipe
 from pace_cli.cli import app
 from pace_cli.data import SampleAugment, build_dataset, make_loader
-from pace_cli.data.augment import posterize_keeping_zero_bits
+from pace_cli.data.augment import posterize_keeping_zero_bits, timm_train_transform
 from pace_cli.errors import PaceError
 from pace_cli.recipe import parse_recipe
 
@@ -230,3 +230,12 @@ def test_the_domain_adaptation_recipe_trains_with_noahs_defaults():
         "hflip": 0.5, "interpolation": "bicubic", "re_prob": 0.25, "re_mode": "pixel", "re_count": 1}
     assert recipe.augment.batch_mix_options() == {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_prob": 1.0,
                                                   "switch_prob": 0.5, "label_smoothing": 0.1}
+
+
+@pytest.mark.parametrize("policy,ignored", [("rand-m9-bogus", "'bogus'"), ("rand-mX-n2", "'mX'"),
+                                            ("rand-m9-mstd", "'mstd'")])
+def test_a_randaugment_section_timm_would_skip_silently_is_refused(policy, ignored):
+    timm.data.create_transform(32, is_training=True, auto_augment=policy)  # timm takes it without a word
+    with pytest.raises(PaceError) as caught:
+        timm_train_transform(32, [0.5] * 3, [0.5] * 3, auto_augment=policy)
+    assert str(caught.value).startswith(f"[augment] auto_augment = {policy!r}: timm would silently ignore {ignored}")
