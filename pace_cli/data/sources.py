@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, get_args
 from pace_cli.errors import PaceError
 
 if TYPE_CHECKING:
-    from pace_cli.data.datasets import PaceDataset
     from pace_cli.data.transforms import Transform
 
 RootRule = Literal["required", "optional", "none"]
@@ -76,7 +75,9 @@ class SourceSpec:
         """Whether an eval target's seed changes its data (targets have no shots and no training)."""
         return self.seed_use == "data"
 
-    def load_builder(self) -> Callable[..., PaceDataset]:
+    def load_builder(self) -> Callable[..., Any]:
+        """The builder function, which returns a :class:`~pace_cli.data.datasets.PaceDataset` (not
+        named in the annotation: this table sits below the data set classes, which import it)."""
         module, _, function = self.builder.partition(":")
         return getattr(import_module(module), function)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -21,10 +21,20 @@ from pace_cli import distributed
 from pace_cli.distributed import World
 from pace_cli.errors import PaceError
 from pace_cli.recipe import Recipe, lazy_micro_batch_problem
-from pace_cli.regularizer.losses import LossParts
+from pace_cli.regularizer.losses import LossParts, PaceRegularizer
 
-if TYPE_CHECKING:
-    from pace_cli.training.loop import _Run
+
+class StepState(Protocol):
+    """What a training step reads of the run (the training loop's set-up provides it)."""
+
+    recipe: Recipe
+    world: World
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    regularizer: PaceRegularizer
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
 
 
 def checked_global_batch(recipe: Recipe, world: World, train_samples: int | None = None) -> int:
@@ -84,7 +94,7 @@ def combined(parts: list[LossParts]) -> LossParts:
                      total("loss"))
 
 
-def train_step(run: _Run, images: Tensor, labels: Tensor, indices: Tensor, step: int,
+def train_step(run: StepState, images: Tensor, labels: Tensor, indices: Tensor, step: int,
                lr: float) -> tuple[LossParts, Tensor]:
     """PACE loss and backward per micro-batch, gradient clipping and one AdamW update; returns the
     step's loss parts and the gradient norm."""
