@@ -37,6 +37,13 @@ class PairState:
             return like.new_empty((rows,) + rest, dtype=dtype).uniform_()
         return self.layout.draw(rows, rest, copies=1, normal=False, dtype=dtype)
 
+    def keep_mask(self, x: Tensor, keep: float, rest: tuple[int, ...]) -> Tensor:
+        """A 0/1 mask in ``x``'s dtype, [rows of x, *rest], keeping each entry with probability
+        ``keep``; drawn once per sample and repeated for its second copy when the batch is paired."""
+        rows = x.shape[0] // 2 if self.paired else x.shape[0]
+        mask = (self.uniform(x, rows, rest) < keep).to(x.dtype)
+        return torch.cat([mask, mask]) if self.paired else mask
+
 
 class SharedDropPath(nn.Module):
     """Stochastic depth whose per-sample mask is shared by both copies of a duplicated batch."""
@@ -51,10 +58,7 @@ class SharedDropPath(nn.Module):
         if not self.training or self.drop_prob == 0.0:
             return x
         keep = 1.0 - self.drop_prob
-        rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
-        mask = (self.state.uniform(x, rows, (1,) * (x.dim() - 1)) < keep).to(x.dtype)
-        if self.state.paired:
-            mask = torch.cat([mask, mask])
+        mask = self.state.keep_mask(x, keep, (1,) * (x.dim() - 1))
         if self.scale_by_keep and keep > 0:
             mask.div_(keep)
         return x * mask
@@ -75,11 +79,7 @@ class SharedDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         keep = 1.0 - self.p
-        rows = x.shape[0] // 2 if self.state.paired else x.shape[0]
-        mask = (self.state.uniform(x, rows, tuple(x.shape[1:])) < keep).to(x.dtype).div_(keep)
-        if self.state.paired:
-            mask = torch.cat([mask, mask])
-        return x * mask
+        return x * self.state.keep_mask(x, keep, tuple(x.shape[1:])).div_(keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, shared by pairs"
