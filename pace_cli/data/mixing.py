@@ -13,25 +13,12 @@ what one does, a resumed run mixes what the uninterrupted one did, and targets b
 from __future__ import annotations
 
 import zlib
-from contextlib import contextmanager
-from typing import Iterator
 
-import numpy as np
 from torch import Tensor
 
 from pace_cli import distributed
+from pace_cli.data.augment import seeded_global_generators
 from pace_cli.errors import PaceError
-
-
-@contextmanager
-def seeded_numpy(key: int) -> Iterator[None]:
-    """NumPy's global generator seeded by ``key`` inside, as it was after."""
-    state = np.random.get_state()
-    np.random.seed(key)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
 
 
 class BatchMix:
@@ -63,7 +50,7 @@ class BatchMix:
         world = distributed.current_world()
         local = images.shape[0]
         everyone, everyone_labels = distributed.all_gather_rows(images), distributed.all_gather_rows(labels)
-        with seeded_numpy(self.key(step)):
+        with seeded_global_generators(self.key(step)):  # Mixup draws from NumPy's
             # in place on the gathered batch (one process: the loaded batch itself)
             mixed, targets = self.mixup(everyone, everyone_labels)
         mine = slice(world.rank * local, (world.rank + 1) * local)
