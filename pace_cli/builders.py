@@ -89,7 +89,8 @@ def build_base_model(recipe: Recipe, num_classes: int, *, load_weights: bool = T
 
 
 def adapter_config(recipe: Recipe) -> AdapterConfig:
-    return AdapterConfig(kind=recipe.adapter.kind, rank=recipe.adapter.rank, targets=tuple(recipe.adapter.targets))
+    return AdapterConfig(kind=recipe.adapter.kind, rank=recipe.adapter.rank, targets=tuple(recipe.adapter.targets),
+                         feedforward=tuple(recipe.adapter.feedforward))
 
 
 def pace_config(recipe: Recipe) -> PaceConfig:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pace_cli import distributed, files
 from pace_cli.adapters import (
-    AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict, merge_state_dict,
+    AdapterConfig, head_module_name, inject_adapters, layer_modes, load_adapter_state_dict, merge_state_dict,
 )
 from pace_cli.artifacts import read_adapter, read_file_metadata
 from pace_cli.builders import build_base_model, build_dataset, build_target_dataset
@@ -131,7 +131,10 @@ def build_eval_model(recipe: Recipe, *, weights: Path | None = None, adapter: Pa
         )
     if unmerged:
         targets = tuple(meta.layers or meta.targets)
-        inject_adapters(model, AdapterConfig(kind=meta.kind, rank=meta.rank, targets=targets))
+        input_scaled = tuple(path for path, mode in layer_modes(adapter_file.tensors, meta.kind).items()
+                             if mode == "input")
+        inject_adapters(model, AdapterConfig(kind=meta.kind, rank=meta.rank, targets=targets,
+                                             feedforward=input_scaled))
         load_adapter_state_dict(model, adapter_file.tensors)
     else:
         merged = merge_state_dict(model.state_dict(), adapter_file.tensors, meta.kind)

@@ -10,6 +10,7 @@ from pace_cli.lazy import lazy_face
 _EXPORTS = {
     "adapter_delta": "delta",
     "low_rank_linear": "factored",
+    "dora_row_norm": "rescale",
     "CHUNK_ELEMENTS": "fused",
     "MIN_TOKENS_PER_SAMPLE": "fused",
     "noisy_linear": "fused",
@@ -20,6 +21,7 @@ _EXPORTS = {
     "adapted_layers": "inject",
     "adapter_state_dict": "inject",
     "adapters_disabled": "inject",
+    "feedforward_layers": "inject",
     "find_target_layers": "inject",
     "head_module_name": "inject",
     "inject_adapters": "inject",
@@ -31,6 +33,7 @@ _EXPORTS = {
     "registered_tensor_names": "kinds",
     "AdaptedLinear": "layer",
     "iter_merged": "merge",
+    "layer_modes": "merge",
     "merge_layer": "merge",
     "merge_state_dict": "merge",
     "split_adapter_state": "merge",

@@ -21,6 +21,8 @@ class AdapterConfig:
     kind: str = "lora_mul+vpt_add"
     rank: int = 10
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    # (IA)³: patterns (matched like targets) of the targeted layers whose input is scaled, not their output.
+    feedforward: tuple[str, ...] = ()
 
 
 @dataclass
@@ -79,6 +81,19 @@ def find_target_layers(model: nn.Module, targets: Sequence[str], exclude: str) -
     return [name for name in linears if name in chosen]  # model order, i.e. depth order
 
 
+def feedforward_layers(layers: Sequence[str], patterns: Sequence[str]) -> set[str]:
+    """The targeted layers each feed-forward pattern matches; a pattern matching none of them is an error."""
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = {name for name in layers if _pattern_matches(pattern, name)}
+        if not hits:
+            raise PaceError(f"[adapter] feedforward pattern {pattern!r} matches no targeted layer",
+                            remedy="feed-forward layers must also be in [adapter] targets; targeted layers look "
+                                   f"like: {', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''}")
+        chosen |= hits
+    return chosen
+
+
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -99,9 +114,12 @@ def inject_adapters(model: nn.Module, config: AdapterConfig, num_classes: int | 
     head_name = head_module_name(model)
     model.requires_grad_(False)
     layers = find_target_layers(model, config.targets, exclude=head_name)
+    modes = kind_spec(config.kind).modes
+    feedforward = feedforward_layers(layers, config.feedforward) if modes else set()
     for path in layers:
         base = model.get_submodule(path)
-        _set_submodule(model, path, AdaptedLinear(base, config.kind, config.rank))
+        mode = (modes[1] if path in feedforward else modes[0]) if modes else None
+        _set_submodule(model, path, AdaptedLinear(base, config.kind, config.rank, mode))
     head = model.get_submodule(head_name)
     head.requires_grad_(True)
     adapter_params = sum(

@@ -27,7 +27,9 @@ DeltaFunction = Callable[[Any, Any, Mapping[str, Any]], tuple[Any, Any]]
 #   factored  ΔW = lora_B @ lora_A and Δb = delta_bias, run as B (A x) without forming ΔW
 #   fused     ΔW is full rank: per-sample weights W0 + diag(z) ΔW, one batched matmul
 #   dense     h0(x) + z ⊙ (ΔW x + Δb) as written (e.g. a kind whose ΔW is zero)
-TrainingPath = Literal["factored", "fused", "dense"]
+#   scale     (IA)³: h0 = W0 x + b0 once, Δh element-wise from it or from the scaled input (adapters/rescale.py)
+#   dora      DoRA: the row norms of W0 + B A once per forward, Δh from W0 x and B (A x) (adapters/rescale.py)
+TrainingPath = Literal["factored", "fused", "dense", "scale", "dora"]
 FACTORED_TENSORS = ("lora_A", "lora_B")
 
 
@@ -35,14 +37,17 @@ FACTORED_TENSORS = ("lora_A", "lora_B")
 class TensorSpec:
     """One trainable tensor of an adapted layer: local name, shape and initial value.
 
-    Every kind starts at ΔW = Δb = 0: one factor of each product is zeros, the other Xavier-uniform.
+    Every kind starts at ΔW = Δb = 0: one factor of each product is zeros, the other Xavier-uniform;
+    a scale starts at ones, and DoRA's magnitude at the row norms of W0 (``row_norm``).
     """
 
     name: str
     shape: tuple[Dim, ...]
-    init: Literal["zeros", "xavier"]
+    init: Literal["zeros", "xavier", "ones", "row_norm"]
     # A bias shift of the layer's own bias: left out on a layer without one (see KindSpec.tensor_names).
     only_with_bias: bool = False
+    # The tensor belongs to layers in this mode only (a kind's ``modes``); None: to every layer.
+    mode: str | None = None
 
     def shape_for(self, d_in: int, d_out: int, rank: int | None) -> tuple[int | None, ...]:
         sizes = {"d_in": d_in, "d_out": d_out, "rank": rank}
@@ -59,19 +64,27 @@ class KindSpec:
     training: TrainingPath = "dense"
     # The kind moves the bias through W0 (VPT's Δb = W0 p): a layer without a bias cannot hold it.
     needs_bias: bool = False
-    # Why PEFT cannot express the kind exactly; None for a plain LoRA (ΔW = lora_B lora_A, Δb = delta_bias).
+    # Why PEFT cannot express the kind exactly; None when it can, as ``peft_method`` says.
     peft_refusal: str | None = "PEFT has no exact equivalent"
+    # How PEFT expresses it: "lora" (ΔW = lora_B lora_A, Δb = delta_bias), "dora" (LoRA, use_dora) or "ia3".
+    peft_method: Literal["lora", "dora", "ia3"] = "lora"
+    # The modes a layer can be in, the first the default: (IA)³ scales a layer's output or, on a
+    # feed-forward layer, its input; the tensor names of a layer say which (TensorSpec.mode).
+    modes: tuple[str, ...] = ()
+    # [adapter] targets / feedforward when the recipe leaves them unset; None: the recipe's own default.
+    default_targets: tuple[str, ...] | None = None
+    default_feedforward: tuple[str, ...] = ()
 
     def __post_init__(self):
         names = [t.name for t in self.tensors]
         if len(set(names)) != len(names):
             raise ValueError(f"adapter kind {self.name!r} names a tensor twice: {names}")
-        plain_lora = self.training == "factored" or self.peft_refusal is None
+        plain_lora = self.training == "factored" or (self.peft_refusal is None and self.peft_method == "lora")
         if plain_lora and not set(FACTORED_TENSORS) <= set(names):
             raise ValueError(f"adapter kind {self.name!r} is run or exported as a plain LoRA, so it needs "
                              f"tensors {FACTORED_TENSORS}")
 
-    def tensor_names(self, has_bias: bool) -> tuple[str, ...]:
+    def tensor_names(self, has_bias: bool, mode: str | None = None) -> tuple[str, ...]:
         """The tensors a layer of this kind owns.
 
         A bias-less base layer gets no bias shift: for ``lora_mul`` the term b0 * delta_bias is
@@ -84,7 +97,16 @@ class KindSpec:
             others = " or ".join(name for name, spec in KINDS.items() if not spec.needs_bias)
             raise PaceError(f"adapter kind {self.name!r} needs layers with a bias, but a targeted layer has none",
                             remedy=f"use {others}, or leave that layer out of [adapter] targets")
-        return tuple(t.name for t in self.tensors if has_bias or not t.only_with_bias)
+        mode = mode or (self.modes[0] if self.modes else None)
+        return tuple(t.name for t in self.tensors
+                     if (has_bias or not t.only_with_bias) and t.mode in (None, mode))
+
+    def mode_of(self, names) -> str | None:
+        """The mode a layer holding tensors ``names`` is in: the mode of its first moded tensor."""
+        for spec in self.tensors:
+            if spec.mode is not None and spec.name in names:
+                return spec.mode
+        return self.modes[0] if self.modes else None
 
     def shapes(self, d_in: int, d_out: int, rank: int | None) -> dict[str, tuple[int | None, ...]]:
         return {t.name: t.shape_for(d_in, d_out, rank) for t in self.tensors}
@@ -138,6 +160,33 @@ def lora_mul_vpt_add_delta(weight, bias, tensors):
     return delta_w, shift if delta_b is None else delta_b + shift
 
 
+def row_norm(matrix):
+    """‖row‖₂ of each row: one function for DoRA's initial magnitude, training and merge, so at
+    step 0 the magnitude over the norm is exactly 1."""
+    return (matrix * matrix).sum(-1).sqrt()
+
+
+def ia3_delta(weight, bias, tensors):
+    """(IA)³ as PEFT defines it: a feed-forward layer scales its input, W0 ⊙ l [1, d_in], bias
+    unchanged; any other its output, l [d_out, 1] ⊙ W0 and l ⊙ b0. ΔW = W − W0, Δb = b − b0."""
+    if "ia3_in" in tensors:
+        return weight * (tensors["ia3_in"] - 1), None
+    scale = tensors["ia3_out"] - 1
+    return weight * scale, None if bias is None else bias * scale.squeeze(-1)
+
+
+def dora_direction(weight, tensors):
+    """(V, m / ‖V‖) for V = W0 + B A, ‖V‖ detached as PEFT's use_dora does (DoRA §4.3)."""
+    direction = weight + tensors["lora_B"] @ tensors["lora_A"]
+    return direction, tensors["dora_magnitude"] / row_norm(direction.detach())
+
+
+def dora_delta(weight, bias, tensors):
+    """ΔW = m / ‖W0 + B A‖ ⊙ (W0 + B A) − W0 (norm per output row), Δb = 0."""
+    direction, row_scale = dora_direction(weight, tensors)
+    return direction * row_scale.unsqueeze(-1) - weight, None
+
+
 # Order is parameter order: it fixes the random init sequence and the optimizer state's layout.
 LORA_TENSORS = (
     TensorSpec("lora_A", ("rank", "d_in"), "xavier"),
@@ -148,6 +197,13 @@ PROMPT_TENSORS = (
     TensorSpec("prompt_A", ("rank", 1), "xavier"),
     TensorSpec("prompt_B", ("d_in", "rank"), "zeros"),
 )
+# (IA)³'s two modes and their one tensor each, in PEFT's shapes (ia3_l): the tensor's name is the layer's mode.
+IA3_MODES = ("output", "input")
+IA3_TENSORS = (
+    TensorSpec("ia3_out", ("d_out", 1), "ones", mode="output"),
+    TensorSpec("ia3_in", (1, "d_in"), "ones", mode="input"),
+)
+DORA_TENSORS = LORA_TENSORS[:2] + (TensorSpec("dora_magnitude", ("d_out",), "row_norm"),)
 _NOT_LOW_RANK = "its ΔW = W0 ⊙ (B A) is not low rank, so no PEFT LoRA reproduces it"
 
 KINDS: dict[str, KindSpec] = {
@@ -158,5 +214,8 @@ KINDS: dict[str, KindSpec] = {
                  peft_refusal="its Δb = W0 (prompt_B prompt_A) is a prompt, not a LoRA"),
         KindSpec("lora_mul+vpt_add", LORA_TENSORS + PROMPT_TENSORS, lora_mul_vpt_add_delta, training="fused",
                  needs_bias=True, peft_refusal=_NOT_LOW_RANK),
+        KindSpec("ia3", IA3_TENSORS, ia3_delta, training="scale", peft_refusal=None, peft_method="ia3",
+                 modes=IA3_MODES, default_targets=("qkv", "fc2"), default_feedforward=("fc2",)),
+        KindSpec("dora", DORA_TENSORS, dora_delta, training="dora", peft_refusal=None, peft_method="dora"),
     )
 }

@@ -14,10 +14,12 @@ from pace_cli.adapters.delta import adapter_delta, merged_weight_and_bias, plus
 from pace_cli.adapters.factored import low_rank_linear
 from pace_cli.adapters.fused import noisy_linear, worth_fusing
 from pace_cli.adapters.kinds import kind_spec
+from pace_cli.adapters.kinds import row_norm
 from pace_cli.adapters.noise import add_noisy, draw_noise
+from pace_cli.adapters.rescale import KIND_FORWARDS
 from pace_cli.errors import PaceError
 
-_INITS = {"zeros": nn.init.zeros_, "xavier": nn.init.xavier_uniform_}
+_INITS = {"zeros": nn.init.zeros_, "xavier": nn.init.xavier_uniform_, "ones": nn.init.ones_}
 
 
 class AdaptedLinear(nn.Module):
@@ -38,7 +40,7 @@ class AdaptedLinear(nn.Module):
     # now flowing through the model (so Swin's windows of one sample share its noise draw).
     batch_state = None
 
-    def __init__(self, base: nn.Linear, kind: str, rank: int):
+    def __init__(self, base: nn.Linear, kind: str, rank: int, mode: str | None = None):
         super().__init__()
         if rank <= 0:
             raise PaceError(f"adapter rank must be > 0, got {rank}", remedy="set [adapter] rank to a positive integer")
@@ -56,7 +58,8 @@ class AdaptedLinear(nn.Module):
         self.adapter_enabled = True
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         shapes = self.spec.shapes(self.in_features, self.out_features, rank)
-        self.adapter_names = self.spec.tensor_names(self.bias is not None)
+        self.adapter_names = self.spec.tensor_names(self.bias is not None, mode)
+        self.mode = self.spec.mode_of(self.adapter_names)
         for name in self.adapter_names:
             self.register_parameter(name, nn.Parameter(torch.zeros(shapes[name], **factory)))
         self.reset_adapter()
@@ -65,7 +68,11 @@ class AdaptedLinear(nn.Module):
         """Each tensor to its kind's initial value: one factor of each product zeros, so ΔW = Δb = 0."""
         inits = {t.name: t.init for t in self.spec.tensors}
         for name in self.adapter_names:
-            _INITS[inits[name]](getattr(self, name))
+            if inits[name] == "row_norm":  # DoRA's magnitude: ‖W0‖ per row, so m / ‖W0 + B A‖ = 1 at B = 0
+                with torch.no_grad():
+                    getattr(self, name).copy_(row_norm(self.weight.float()))
+            else:
+                _INITS[inits[name]](getattr(self, name))
 
     def adapter_tensors(self) -> dict[str, Tensor]:
         return {name: getattr(self, name) for name in self.adapter_names}
@@ -80,21 +87,28 @@ class AdaptedLinear(nn.Module):
         if not self.adapter_enabled:
             return F.linear(x, self.weight, self.bias)
         noisy = self.training and self.noise_sigma > 0
+        kind_forward = KIND_FORWARDS.get(self.spec.training)
+        if kind_forward is not None:
+            return kind_forward(self, x, self.draw_noise_for(x) if noisy else None)
         factored = self.spec.training == "factored" and self.factored_lora
         if factored and not noisy:
             return self.factored_forward(x)
         delta_w, delta_b = (None, None) if factored else self.delta()
         if not noisy:
             return F.linear(x, plus(self.weight, delta_w), plus(self.bias, delta_b))
-        samples = getattr(self.batch_state, "samples", None)
-        z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
-                       batch=self.batch_state)
+        z = self.draw_noise_for(x)
         if factored:
             return self.factored_forward(x, z)
         if (delta_w is not None and self.spec.training == "fused" and self.per_sample_weights
                 and worth_fusing(x, len(z))):
             return noisy_linear(x, self.weight, self.bias, delta_w, delta_b, z)
         return self.noisy_forward_reference(x, delta_w, delta_b, z)
+
+    def draw_noise_for(self, x: Tensor) -> Tensor:
+        """This layer's PACE noise for input x: [samples, d_out] (see ``draw_noise``)."""
+        samples = getattr(self.batch_state, "samples", None)
+        return draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
+                          batch=self.batch_state)
 
     def factored_forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
         """W0 x + b0 + z ⊙ (B (A x) + Δb) without forming ΔW = B A (z = 1 without noise).
@@ -121,4 +135,6 @@ class AdaptedLinear(nn.Module):
         return add_noisy(base_out, delta_out, z)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}, rank={self.rank}"
+        mode = f", mode={self.mode}" if self.mode else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}, "
+                f"rank={self.rank}{mode}")

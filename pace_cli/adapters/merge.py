@@ -31,6 +31,15 @@ def split_adapter_state(adapter: Mapping[str, Tensor]) -> tuple[dict[str, dict[s
     return layers, head
 
 
+def layer_modes(adapter: Mapping[str, Tensor], kind: str) -> dict[str, str]:
+    """Each adapted layer's mode, read off its tensor names (``ia3_in``: input scaling); {} for a kind without modes."""
+    spec = kind_spec(kind)
+    if not spec.modes:
+        return {}
+    layers, _ = split_adapter_state(adapter)
+    return {path: spec.mode_of(tensors) for path, tensors in layers.items()}
+
+
 def _check_finite(name: str, tensor: Tensor, what: str) -> None:
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
         raise PaceError(f"{what} tensor {name} contains NaN or inf",
@@ -48,7 +57,7 @@ def _check_layer(path: str, kind: str, weight: Tensor, bias: Tensor | None, tens
         raise PaceError(f"base layer {path} has no bias but the adapter changes its bias",
                         remedy="the merged model would need a bias the base architecture lacks "
                                "(pace never drops it silently)")
-    expected = set(spec.tensor_names(bias is not None))
+    expected = set(spec.tensor_names(bias is not None, spec.mode_of(tensors)))
     if set(tensors) != expected:
         raise PaceError(f"adapter for {path} has tensors {sorted(tensors)} but kind {kind!r} needs {sorted(expected)}",
                         remedy="is the file's adapter kind right?")

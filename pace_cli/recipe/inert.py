@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pace_cli.adapters.kinds import KINDS
 from pace_cli.data.sources import get_source
 from pace_cli.recipe.schema import PaceSection, Recipe, is_set
 
@@ -32,6 +33,9 @@ def ineffective_settings(recipe: Recipe) -> list[str]:
                 "pace": "lazy_interval is read by variant = 'lazy' only",
                 "fast": "lazy_interval is read by variant = 'lazy' only"}.get(p.variant, "")
         notes.append(f"[pace] {keys} set but ignored with variant = {p.variant!r} ({uses})")
+    if is_set(recipe.adapter, "feedforward") and not KINDS[recipe.adapter.kind].modes:
+        notes.append(f"[adapter] feedforward set but ignored: kind = {recipe.adapter.kind!r} does not read it (only "
+                     "ia3 scales inputs of feed-forward layers)")
     d = recipe.data
     if is_set(d, "seed") and d.shots is None and not get_source(d.source).seeded:
         # `pace sweep --seeds` sets data.seed with train.seed for every source, hence not an error

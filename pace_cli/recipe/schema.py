@@ -234,15 +234,31 @@ class AdapterSection(_Section):
     targets: list[str] = Field(
         ["qkv", "proj", "fc1", "fc2"],
         min_length=1,
-        description="Name patterns of nn.Linear layers inside transformer blocks to adapt.",
+        description="Name patterns of nn.Linear layers inside transformer blocks to adapt (unset: the kind's "
+        "default; ia3: [\"qkv\", \"fc2\"]).",
+    )
+    feedforward: list[str] = Field(
+        [], description="ia3 only: patterns, matched like targets, of the targeted layers whose input is scaled "
+        "instead of their output (PEFT's feedforward_modules; unset: [\"fc2\"] for ia3).",
     )
 
-    @field_validator("targets")
+    @field_validator("targets", "feedforward")
     @classmethod
     def _targets_not_blank(cls, v: list[str]) -> list[str]:
         if any(not t.strip() for t in v):
             raise ValueError("patterns must not be empty strings")
         return v
+
+    @model_validator(mode="after")
+    def _kind_defaults(self) -> "AdapterSection":
+        """A kind's own defaults for the keys left unset ((IA)³ adapts keys/values and the FFN's output layer)."""
+        spec = KINDS[self.kind]
+        defaults = {"targets": spec.default_targets, "feedforward": spec.default_feedforward or None}
+        for key, default in defaults.items():
+            if default is not None and key not in self.model_fields_set:
+                setattr(self, key, list(default))
+                self.model_fields_set.discard(key)  # still unset: only a value the recipe gives is "set"
+        return self
 
 
 class PaceSection(_Section):
