@@ -44,7 +44,7 @@ _EXPORTS = {
     "PeftFolder": "peft_import",
     "PeftImportReport": "peft_import",
     "import_peft": "peft_import",
-    "peft_scaling": "peft_import",
+    "peft_scaling": "peft_config",
     "read_peft_folder": "peft_import",
     "LazySafetensors": "streaming_merge",
     "MergeReport": "streaming_merge",

@@ -1,4 +1,8 @@
-"""`pace export`: a ``lora_add`` adapter file out as a PEFT LoRA folder (mapping in :mod:`.peft_format`)."""
+"""`pace export`: an adapter file out as a PEFT folder (mapping in :mod:`.peft_format`).
+
+``lora_add`` becomes a PEFT LoRA, ``dora`` a LoRA with ``use_dora = true``, ``ia3`` a PEFT IA3
+folder; every other kind is refused with the reason its row gives.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ class PeftExportReport:
     tensors: int
     base: str | None  # the base read for b0, when a bias moved
     fingerprint_ok: bool | None  # None when no base was needed
+    method: str = "LoRA"  # what PEFT loads it as: LoRA, DoRA (a LoRA with use_dora) or IA3
+    feedforward: int = 0  # IA3: layers whose input is scaled (feedforward_modules)
 
 
 def check_can_write_folder(folder: Path, overwrite: bool) -> None:
@@ -84,19 +90,22 @@ def _resolve_base(base: str | None, adapter: AdapterFile) -> Path:
     return path
 
 
+def _layer_order(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]]) -> list[str]:
+    recorded = [path for path in adapter.metadata.layers if path in layers]
+    return recorded + [path for path in layers if path not in recorded]  # model (depth) order
+
+
 def _lora_layers(adapter: AdapterFile) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor], int, list[str]]:
-    """(per-layer tensors, head tensors, the one rank, the layers in model order) of a LoRA adapter file."""
+    """(per-layer tensors, head tensors, the one rank, the layers in model order) of a LoRA or DoRA adapter file."""
     layers, head = split_adapter_state(adapter.tensors)
     if not layers:
         raise PaceError(f"'{adapter.path}' adapts no layer; there is nothing to export as a LoRA")
+    own = set(kind_spec(adapter.kind).tensor_names(True))
     ranks = {tuple(t["lora_A"].shape)[0] for t in layers.values() if "lora_A" in t}
-    if len(ranks) != 1 or any(set(t) - {"lora_A", "lora_B", "delta_bias"} or "lora_B" not in t
-                              for t in layers.values()):
+    if len(ranks) != 1 or any(set(t) - own or "lora_B" not in t for t in layers.values()):
         raise PaceError(f"'{adapter.path}' does not hold one lora_A/lora_B pair of a single rank per layer",
                         remedy="the adapter file is damaged")
-    recorded = [path for path in adapter.metadata.layers if path in layers]
-    layer_order = recorded + [path for path in layers if path not in recorded]  # model (depth) order
-    return layers, head, ranks.pop(), layer_order
+    return layers, head, ranks.pop(), _layer_order(adapter, layers)
 
 
 def _shifted_biases(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]], base_path: Path,
@@ -122,7 +131,7 @@ def _shifted_biases(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]], 
     return biases, fingerprint_ok
 
 
-def _peft_config(rank: int, layer_order: list[str], head: str, shifts_bias: bool) -> dict[str, Any]:
+def _peft_config(rank: int, layer_order: list[str], head: str, shifts_bias: bool, dora: bool) -> dict[str, Any]:
     return {
         "peft_type": "LORA",
         "task_type": None,
@@ -137,10 +146,47 @@ def _peft_config(rank: int, layer_order: list[str], head: str, shifts_bias: bool
         "modules_to_save": [head],
         "bias": "lora_only" if shifts_bias else "none",
         "fan_in_fan_out": False,
-        "use_dora": False,
+        # DoRA: PEFT's magnitude m and ‖W0 + (alpha / r) B A‖ per row, i.e. ‖W0 + B A‖ at alpha = r, as pace's.
+        "use_dora": dora,
         "init_lora_weights": True,
     }
 
+
+def _ia3_config(layer_order: list[str], feedforward: list[str], head: str) -> dict[str, Any]:
+    return {
+        "peft_type": "IA3",
+        "task_type": None,
+        "base_model_name_or_path": None,
+        "inference_mode": True,
+        # Full paths, as for LoRA: PEFT matches the end of a module path, and feedforward_modules ⊂ target_modules.
+        "target_modules": layer_order,
+        "feedforward_modules": feedforward,
+        "modules_to_save": [head],
+        "fan_in_fan_out": False,
+        "init_ia3_weights": True,
+    }
+
+
+def _ia3_tensors(adapter: AdapterFile) -> tuple[dict[str, Tensor], list[str], list[str], dict[str, Tensor]]:
+    """(PEFT ia3_l tensors, layers in model order, the input-scaled ones, head tensors) of an ia3 file.
+
+    pace's ``ia3_out`` [d_out, 1] and ``ia3_in`` [1, d_in] are PEFT's ``ia3_l`` in its two shapes.
+    """
+    layers, head = split_adapter_state(adapter.tensors)
+    if not layers:
+        raise PaceError(f"'{adapter.path}' adapts no layer; there is nothing to export as IA3")
+    tensors: dict[str, Tensor] = {}
+    feedforward: list[str] = []
+    order = _layer_order(adapter, layers)
+    for path in order:
+        own = layers[path]
+        if set(own) not in ({"ia3_out"}, {"ia3_in"}):
+            raise PaceError(f"'{adapter.path}' holds {sorted(own)} for layer {path}, not one ia3_out or ia3_in",
+                            remedy="the adapter file is damaged")
+        if "ia3_in" in own:
+            feedforward.append(path)
+        tensors[f"{PEFT_KEY_PREFIX}{path}.ia3_l"] = own.get("ia3_in", own.get("ia3_out"))
+    return tensors, order, feedforward, head
 
 def _provenance(adapter: AdapterFile) -> dict[str, Any]:
     """Where the export came from, stored in the weights file's metadata for `import-peft` to read back."""
@@ -157,14 +203,21 @@ def _card(adapter: AdapterFile, config: dict[str, Any]) -> str:
     meta = adapter.metadata
     kwargs = ", ".join(f"{k}={v!r}" for k, v in meta.timm_kwargs.items())
     kwargs = f", {kwargs}" if kwargs else ""
+    if config["peft_type"] == "IA3":
+        what = (f"an `ia3` adapter ({meta.created_by or 'pace'}) exported by `pace export` as a PEFT IA3: "
+                f"{len(config['target_modules'])} layers, {len(config['feedforward_modules'])} of them feed-forward "
+                "(input scaled)")
+    else:
+        name = "a DoRA LoRA (`use_dora = true`)" if config["use_dora"] else "a plain PEFT LoRA"
+        what = (f"a `{adapter.kind}` adapter ({meta.created_by or 'pace'}) exported by `pace export` as {name}: "
+                f"rank {config['r']}, `lora_alpha` {config['lora_alpha']} (scaling 1), `bias = \"{config['bias']}\"`")
     return f"""---
 library_name: peft
-tags: [timm, lora, pace]
+tags: [timm, {config["peft_type"].lower()}, pace]
 ---
-# PEFT LoRA exported by pace
+# PEFT {config["peft_type"]} exported by pace
 
-A `lora_add` adapter ({meta.created_by or "pace"}) exported by `pace export` as a plain PEFT LoRA:
-rank {config["r"]}, `lora_alpha` {config["lora_alpha"]} (scaling 1), `bias = "{config["bias"]}"`, the new head in
+{what[0].upper() + what[1:]}, the new head in
 `modules_to_save`. It loads without pace:
 
 ```python
@@ -181,7 +234,8 @@ model = PeftModel.from_pretrained(model, "THIS_FOLDER").eval()      # or .merge_
 
 def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | None = None, force: bool = False,
                 overwrite: bool = False) -> PeftExportReport:
-    """Write a ``lora_add`` adapter as a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+    """Write an adapter as a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``): ``lora_add``
+    as a LoRA, ``dora`` as a LoRA with ``use_dora``, ``ia3`` as IA3.
 
     ``base`` (a .safetensors file or ``builtin:<name>``, by default the adapter's recorded base) is
     read only when a bias moved; its fingerprint must match the adapter's unless ``force``. The
@@ -191,24 +245,33 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
     check_can_write_folder(output, overwrite)
     adapter = read_adapter(adapter_path)
     _refuse_kind(adapter)
-    layers, head, rank, layer_order = _lora_layers(adapter)
-    shifts_bias = any("delta_bias" in t and bool(t["delta_bias"].any()) for t in layers.values())
-
-    tensors: dict[str, Tensor] = {}
-    for path, own in layers.items():
-        tensors[f"{PEFT_KEY_PREFIX}{path}.lora_A.weight"] = own["lora_A"]
-        tensors[f"{PEFT_KEY_PREFIX}{path}.lora_B.weight"] = own["lora_B"]
+    method = kind_spec(adapter.kind).peft_method
     base_path: Path | None = None
     fingerprint_ok: bool | None = None
-    if shifts_bias:
-        base_path = _resolve_base(base, adapter)
-        biases, fingerprint_ok = _shifted_biases(adapter, layers, base_path, force)
-        for path, bias in biases.items():
-            tensors[f"{PEFT_KEY_PREFIX}{path}.base_layer.bias"] = bias
+    feedforward: list[str] = []
+    if method == "ia3":
+        tensors, layer_order, feedforward, head = _ia3_tensors(adapter)
+        rank, bias_mode = 0, "none"
+        config = _ia3_config(layer_order, feedforward, adapter.head_name)
+    else:
+        layers, head, rank, layer_order = _lora_layers(adapter)
+        shifts_bias = any("delta_bias" in t and bool(t["delta_bias"].any()) for t in layers.values())
+        tensors = {}
+        for path, own in layers.items():
+            tensors[f"{PEFT_KEY_PREFIX}{path}.lora_A.weight"] = own["lora_A"]
+            tensors[f"{PEFT_KEY_PREFIX}{path}.lora_B.weight"] = own["lora_B"]
+            if "dora_magnitude" in own:
+                tensors[f"{PEFT_KEY_PREFIX}{path}.lora_magnitude_vector"] = own["dora_magnitude"]
+        if shifts_bias:
+            base_path = _resolve_base(base, adapter)
+            biases, fingerprint_ok = _shifted_biases(adapter, layers, base_path, force)
+            for path, bias in biases.items():
+                tensors[f"{PEFT_KEY_PREFIX}{path}.base_layer.bias"] = bias
+        config = _peft_config(rank, layer_order, adapter.head_name, shifts_bias, dora=method == "dora")
+        bias_mode = config["bias"]
     for key, tensor in head.items():
         tensors[PEFT_KEY_PREFIX + key] = tensor
 
-    config = _peft_config(rank, layer_order, adapter.head_name, shifts_bias)
     try:
         with files.atomic_dir(output) as tmp:
             # "format": "pt" is what transformers and PEFT write and expect in adapter safetensors files.
@@ -220,5 +283,6 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
         raise e.with_parts(where=str(output)) from None
     except OSError as e:
         raise files.write_error(output, e) from None
-    return PeftExportReport(output, len(layers), rank, config["bias"], adapter.head_name, len(tensors),
-                            str(base_path) if base_path else None, fingerprint_ok)
+    return PeftExportReport(output, len(layer_order), rank, bias_mode, adapter.head_name, len(tensors),
+                            str(base_path) if base_path else None, fingerprint_ok,
+                            {"ia3": "IA3", "dora": "DoRA"}.get(method, "LoRA"), len(feedforward))

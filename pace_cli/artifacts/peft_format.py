@@ -19,10 +19,16 @@ export needs the base weights (b0) whenever a bias moved; b0 + Δb is computed b
 ``target_modules`` lists the adapted layers by full path: PEFT matches a name against the end of
 a module path, and a short name such as ``proj`` would also catch ViT's ``patch_embed.proj`` conv.
 
+``dora`` is the same LoRA with ``use_dora = true`` and its magnitude ``P.dora_magnitude`` as
+``base_model.model.P.lora_magnitude_vector``: PEFT then computes m / ‖W0 + (alpha / r) B A‖ per
+row, pace's m / ‖W0 + B A‖ at alpha = r. ``ia3`` is a PEFT IA3 folder: ``P.ia3_out`` [d_out, 1]
+(output scaling) or ``P.ia3_in`` [1, d_in] (input scaling) is ``base_model.model.P.ia3_l`` in the
+same shape, and the layers holding ``ia3_in`` are the config's ``feedforward_modules``.
+
 ``lora_mul`` (ΔW = W0 ⊙ (B A), full rank in general), ``vpt_add`` and every other kind have no
-exact PEFT LoRA form; they are refused with the reason their row gives, never approximated. Importing reverses the mapping: PEFT's scaling is
+exact PEFT form; they are refused with the reason their row gives, never approximated. Importing reverses the mapping: PEFT's scaling is
 folded into ``lora_B``, a saved bias becomes Δb = b − b0 against the recipe's base, and options
-pace cannot express exactly (DoRA, per-layer ranks, ...) are refused by name.
+pace cannot express exactly (per-layer ranks, DoRA with a trained bias, ...) are refused by name.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ PEFT_PICKLED_WEIGHTS_FILE = "adapter_model.bin"
 PEFT_CARD_FILE = "README.md"
 PEFT_KEY_PREFIX = "base_model.model."
 EXPORT_FORMATS = ("peft",)
-# The pace kind a PEFT LoRA is, exactly: what `import-peft` writes.
-IMPORTED_KIND = "lora_add"
+# The pace kind each PEFT method is, exactly: what `import-peft` writes.
+IMPORTED_KINDS = {"lora": "lora_add", "dora": "dora", "ia3": "ia3"}
 # Metadata key of adapter_model.safetensors under which an export records where it came from;
 # `import-peft` reads class names back from it.
 PACE_METADATA_KEY = "pace"

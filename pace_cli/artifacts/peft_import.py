@@ -1,14 +1,15 @@
-"""`pace import-peft`: a PEFT LoRA folder for a timm model in as a pace ``lora_add`` adapter file.
+"""`pace import-peft`: a PEFT folder for a timm model in as a pace adapter file.
 
-The mapping is :mod:`.peft_format`'s, reversed: PEFT's scaling is folded into ``lora_B``, a saved
-bias becomes Δb = b − b0 against the recipe's base, and options pace cannot express exactly
-(DoRA, per-layer ranks, ...) are refused by name.
+A LoRA comes in as ``lora_add``, a LoRA with ``use_dora`` as ``dora``, an IA3 as ``ia3``. The
+mapping is :mod:`.peft_format`'s, reversed: PEFT's scaling is folded into ``lora_B``, a saved
+bias becomes Δb = b − b0 against the recipe's base, an IA3 layer's ``ia3_l`` becomes ``ia3_in``
+or ``ia3_out`` by PEFT's own feed-forward rule, and options pace cannot express exactly
+(per-layer ranks, ...) are refused by name.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from torch import Tensor, nn
 from pace_cli import files
 from pace_cli.adapters import AdapterConfig, head_module_name, inject_adapters, load_adapter_state_dict
 from pace_cli.artifacts.metadata import AdapterMetadata
+from pace_cli.artifacts.peft_config import is_peft_feedforward, peft_method, peft_scaling
 from pace_cli.artifacts.peft_format import (
-    IMPORTED_KIND, PACE_METADATA_KEY, PEFT_CONFIG_FILE, PEFT_KEY_PREFIX, PEFT_PICKLED_WEIGHTS_FILE, PEFT_WEIGHTS_FILE,
+    IMPORTED_KINDS, PACE_METADATA_KEY, PEFT_CONFIG_FILE, PEFT_KEY_PREFIX, PEFT_PICKLED_WEIGHTS_FILE, PEFT_WEIGHTS_FILE,
 )
 from pace_cli.errors import PaceError
 
@@ -63,53 +65,6 @@ def read_peft_folder(folder: str | Path) -> PeftFolder:
     return PeftFolder(folder, config, stripped, metadata)
 
 
-# Options whose non-default value changes what the adapter computes in a way pace's lora_add cannot hold.
-_UNSUPPORTED_OPTIONS = {
-    "use_dora": (False, "DoRA rescales each weight column by a learned magnitude"),
-    "fan_in_fan_out": (False, "it is for GPT-2-style Conv1D layers, and pace adapts nn.Linear"),
-    "rank_pattern": ({}, "pace adapters have one rank for every layer"),
-    "alpha_pattern": ({}, "pace adapters have one scaling for every layer"),
-    "layer_replication": (None, "it duplicates base layers"),
-    "target_parameters": (None, "it adapts raw parameters, not nn.Linear layers"),
-    "trainable_token_indices": (None, "it trains embedding rows"),
-    "use_qalora": (False, "QA-LoRA pools the input"),
-    "use_bdlora": (None, "block-diagonal LoRA factors are not plain low-rank products"),
-    "megatron_config": (None, "Megatron parallel layers are not timm layers"),
-    "alora_invocation_tokens": (None, "activated LoRA depends on the input tokens"),
-}
-# init_lora_weights values under which PEFT trains against a modified base (unless converted on save).
-_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
-
-
-def peft_scaling(config: dict[str, Any], folder: Path) -> tuple[int, float]:
-    """Validate a PEFT config for import; return (r, the scale PEFT applies to lora_B @ lora_A)."""
-    where = f"'{folder / PEFT_CONFIG_FILE}'"
-    peft_type = str(config.get("peft_type", "")).upper()
-    if peft_type != "LORA":
-        raise PaceError(f"{where} has peft_type {config.get('peft_type') or '(none)'}; pace imports PEFT LoRA "
-                        "adapters only (peft_type LORA)")
-    for option, (default, why) in _UNSUPPORTED_OPTIONS.items():
-        value = config.get(option, default)
-        if value not in (default, None, {}, [], False):
-            raise PaceError(f"{where} sets {option} = {json.dumps(value)}, which pace cannot import exactly ({why}); "
-                            "only plain LoRA adapters import")
-    init = config.get("init_lora_weights", True)
-    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
-        raise PaceError(f"{where} sets init_lora_weights = {init!r}: that method trains against a modified base, so the "
-                        "adapter does not apply to the original weights; re-save it with PEFT's "
-                        "path_initial_model_for_weight_conversion first")
-    bias = config.get("bias", "none")
-    if bias not in ("none", "lora_only", "all"):
-        raise PaceError(f"{where} sets bias = {bias!r}; pace imports bias 'none', 'lora_only' or 'all'")
-    r, alpha = config.get("r"), config.get("lora_alpha", 8)
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0 or not isinstance(alpha, (int, float)) \
-            or isinstance(alpha, bool):
-        raise PaceError(f"{where} needs a positive integer r and a numeric lora_alpha (got r = {r!r}, "
-                        f"lora_alpha = {alpha!r})")
-    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    return r, float(scale)
-
-
 @dataclass
 class _PeftLayers:
     """A PEFT state dict sorted by role: LoRA factors, bias information per layer, the rest."""
@@ -117,16 +72,23 @@ class _PeftLayers:
     lora_A: dict[str, Tensor] = field(default_factory=dict)
     lora_B: dict[str, Tensor] = field(default_factory=dict)
     lora_bias: dict[str, Tensor] = field(default_factory=dict)  # lora_B.bias (PEFT's lora_bias = true)
+    magnitude: dict[str, Tensor] = field(default_factory=dict)  # lora_magnitude_vector (use_dora = true)
+    ia3_l: dict[str, Tensor] = field(default_factory=dict)  # an IA3 layer's one vector
     saved_bias: dict[str, Tensor] = field(default_factory=dict)  # base_layer.bias (bias = lora_only / all)
     other: dict[str, Tensor] = field(default_factory=dict)  # modules_to_save and, with bias = all, other biases
 
 
-def _sort_peft_tensors(peft: PeftFolder) -> _PeftLayers:
+    def targets(self) -> dict[str, Tensor]:
+        return self.ia3_l or self.lora_A
+
+
+def _sort_peft_tensors(peft: PeftFolder, method: str) -> _PeftLayers:
     sorted_ = _PeftLayers()
     suffixes = {".lora_A.weight": sorted_.lora_A, ".lora_B.weight": sorted_.lora_B, ".lora_B.bias": sorted_.lora_bias,
-                ".base_layer.bias": sorted_.saved_bias}
+                ".base_layer.bias": sorted_.saved_bias, ".lora_magnitude_vector": sorted_.magnitude,
+                ".ia3_l": sorted_.ia3_l}
     for key, tensor in peft.tensors.items():
-        if any(part in key for part in ("lora_embedding_", "lora_magnitude_vector", ".lora_E", "lora_diag")):
+        if any(part in key for part in ("lora_embedding_", ".lora_E", "lora_diag")):
             raise PaceError(f"'{peft.path}' holds {key}, which is not a LoRA factor of an nn.Linear layer; "
                             "pace imports plain LoRA on linear layers only")
         for suffix, bucket in suffixes.items():
@@ -137,13 +99,33 @@ def _sort_peft_tensors(peft: PeftFolder) -> _PeftLayers:
             if ".base_layer." in key:
                 raise PaceError(f"'{peft.path}' holds base weight {key}; pace imports LoRA factors, biases and a head only")
             sorted_.other[key] = tensor
-    unpaired = sorted(set(sorted_.lora_A) ^ set(sorted_.lora_B))
+    _check_sorted(peft, sorted_, method)
+    return sorted_
+
+
+def _check_sorted(peft: PeftFolder, parts: _PeftLayers, method: str) -> None:
+    """Each layer holds what its method needs and nothing another method would."""
+    if method == "ia3":
+        stray = next(iter(parts.lora_A or parts.lora_B or parts.magnitude or parts.saved_bias), None)
+        if stray is not None or not parts.ia3_l:
+            what = f"LoRA tensors for {stray}" if stray else "no *.ia3_l tensor"
+            raise PaceError(f"'{peft.path}' has peft_type IA3 but holds {what}; the adapter is damaged or not IA3")
+        return
+    if parts.ia3_l:
+        raise PaceError(f"'{peft.path}' holds IA3 vectors ({next(iter(parts.ia3_l))}.ia3_l) but peft_type is LORA")
+    unpaired = sorted(set(parts.lora_A) ^ set(parts.lora_B))
     if unpaired:
         raise PaceError(f"'{peft.path}' has lora_A without lora_B (or the reverse) for layer {unpaired[0]}; "
                         "the adapter is incomplete")
-    if not sorted_.lora_A:
+    if not parts.lora_A:
         raise PaceError(f"'{peft.path}' holds no LoRA factors (no *.lora_A.weight tensor); nothing to import")
-    return sorted_
+    if method == "dora" and set(parts.magnitude) != set(parts.lora_A):
+        missing = sorted(set(parts.lora_A) - set(parts.magnitude)) or sorted(parts.magnitude)
+        raise PaceError(f"'{peft.path}' sets use_dora = true but layer {missing[0]} has no DoRA magnitude "
+                        "(lora_magnitude_vector) paired with its LoRA factors; the adapter is incomplete")
+    if method == "lora" and parts.magnitude:
+        raise PaceError(f"'{peft.path}' holds {next(iter(parts.magnitude))}.lora_magnitude_vector, a DoRA magnitude, "
+                        "but its config does not set use_dora = true")
 
 
 def _head_rows(peft: PeftFolder, other: dict[str, Tensor]) -> int | None:
@@ -206,6 +188,12 @@ def _imported_layer(peft, parts, path: str, layer: nn.Module, config_rank: int, 
                         "is this adapter for another model or other model arguments?")
     # pace applies B A unscaled: fold PEFT's alpha / r (or alpha / sqrt(r)) into B.
     tensors = {f"{path}.lora_A": lora_a, f"{path}.lora_B": lora_b if scale == 1.0 else lora_b * scale}
+    if path in parts.magnitude:  # DoRA: PEFT's ‖W0 + scale B A‖ is then pace's ‖W0 + B' A‖
+        magnitude = parts.magnitude[path].float()
+        if tuple(magnitude.shape) != (layer.out_features,):
+            raise PaceError(f"PEFT DoRA magnitude of {path} has shape {list(magnitude.shape)}, not "
+                            f"[{layer.out_features}]")
+        return {**tensors, f"{path}.dora_magnitude": magnitude}
     delta_b = None
     if path in parts.saved_bias:
         if layer.bias is None:
@@ -222,6 +210,23 @@ def _imported_layer(peft, parts, path: str, layer: nn.Module, config_rank: int, 
             raise PaceError(f"PEFT bias of {path} has shape {list(delta_b.shape)}, not [{layer.out_features}]")
         tensors[f"{path}.delta_bias"] = torch.zeros(layer.out_features) if delta_b is None else delta_b
     return tensors
+
+
+def _imported_ia3_layer(parts: _PeftLayers, path: str, layer: nn.Module, config: dict[str, Any],
+                        model_name: str) -> dict[str, Tensor]:
+    """One PEFT IA3 layer: ia3_l [1, d_in] on a feed-forward layer (input scaled) is ``ia3_in``, else [d_out, 1] ``ia3_out``."""
+    if not isinstance(layer, nn.Linear):
+        raise PaceError(f"PEFT target {path} is a {type(layer).__name__} of {model_name}; pace imports "
+                        "IA3 on nn.Linear layers (not the head) only")
+    vector = parts.ia3_l[path].float()
+    feedforward = is_peft_feedforward(config, path)
+    name, shape = ("ia3_in", (1, layer.in_features)) if feedforward else ("ia3_out", (layer.out_features, 1))
+    if tuple(vector.shape) != shape:
+        role = "a feed-forward" if feedforward else "an output-scaled (not feed-forward)"
+        raise PaceError(f"PEFT IA3 vector of {path} has shape {list(vector.shape)}, but {path} is {role} layer "
+                        f"{layer.out_features}x{layer.in_features} by feedforward_modules, so it should be "
+                        f"{list(shape)}", remedy="is this adapter for another model, or its config edited?")
+    return {f"{path}.{name}": vector}
 
 
 def _num_classes(peft: PeftFolder, head_rows: int | None, wanted: int | None) -> int:
@@ -271,13 +276,13 @@ def _check_other_tensors(peft: PeftFolder, parts: _PeftLayers, head_tensors: dic
 
 def _layer_order(parts: _PeftLayers, modules: dict[str, nn.Module], model_name: str, head_name: str) -> list[str]:
     """The PEFT targets in model order, as `train` writes them; each must be a module but not the head."""
-    layer_order = [name for name in modules if name in parts.lora_A]
-    missing = sorted(set(parts.lora_A) - set(layer_order))
+    layer_order = [name for name in modules if name in parts.targets()]
+    missing = sorted(set(parts.targets()) - set(layer_order))
     if missing:
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         sample = ", ".join(linears[:6]) + (", ..." if len(linears) > 6 else "")
         raise PaceError(f"PEFT target {missing[0]} is not a module of {model_name} as the recipe builds it "
-                        f"({len(missing)} of {len(parts.lora_A)} targets unknown; its linear layers look like: "
+                        f"({len(missing)} of {len(parts.targets())} targets unknown; its linear layers look like: "
                         f"{sample})", remedy="is this adapter for another model?")
     for path in layer_order:
         if path == head_name or path.startswith(head_name + "."):
@@ -287,20 +292,23 @@ def _layer_order(parts: _PeftLayers, modules: dict[str, nn.Module], model_name: 
 
 
 def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bool = False) -> PeftImportReport:
-    """Turn a PEFT LoRA folder for a timm model into a pace ``lora_add`` adapter file.
+    """Turn a PEFT folder for a timm model into a pace adapter file: LoRA as ``lora_add``, DoRA as ``dora``,
+    IA3 as ``ia3``.
 
-    ``recipe`` names the timm model and its base weights. The result holds lora_A, lora_B scaled
-    by PEFT's alpha / r, Δb = (saved bias − b0) [+ scaled lora_B.bias], and the head PEFT kept in
-    ``modules_to_save`` (or the base's own head), and is checked by loading it into the recipe's
-    model the way ``pace eval --unmerged`` does.
+    ``recipe`` names the timm model and its base weights. A LoRA's result holds lora_A, lora_B scaled
+    by PEFT's alpha / r, Δb = (saved bias − b0) [+ scaled lora_B.bias] (DoRA: and the magnitude); an
+    IA3's its vectors; each with the head PEFT kept in ``modules_to_save`` (or the base's own head),
+    and is checked by loading it into the recipe's model the way ``pace eval --unmerged`` does.
     """
     from pace_cli.models import base_fingerprints
 
     output = Path(output)
     files.check_can_write(output, overwrite)
     peft = read_peft_folder(folder)
-    config_rank, scale = peft_scaling(peft.config, peft.path)
-    parts = _sort_peft_tensors(peft)
+    method = peft_method(peft.config, peft.path)
+    kind = IMPORTED_KINDS[method]
+    config_rank, scale = (recipe.adapter.rank, 1.0) if method == "ia3" else peft_scaling(peft.config, peft.path)
+    parts = _sort_peft_tensors(peft, method)
     head_rows = _head_rows(peft, parts.other)
     num_classes = _num_classes(peft, head_rows, recipe.model.num_classes)
     model, fresh_head = _build_base(recipe, num_classes)
@@ -311,13 +319,16 @@ def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bo
                                             recipe.model.name, num_classes)
     _check_other_tensors(peft, parts, head_tensors, head_name, base_state)
 
-    # LoRA layers: each must be an nn.Linear of the recipe's model with matching shapes, one rank for all.
+    # Adapted layers: each must be an nn.Linear of the recipe's model with matching shapes, one rank for all.
     modules = dict(model.named_modules())
     layer_order = _layer_order(parts, modules, recipe.model.name, head_name)
     state: dict[str, Tensor] = {}
     bias_layers = 0
     for path in layer_order:
-        tensors = _imported_layer(peft, parts, path, modules[path], config_rank, scale, recipe.model.name)
+        if method == "ia3":
+            tensors = _imported_ia3_layer(parts, path, modules[path], peft.config, recipe.model.name)
+        else:
+            tensors = _imported_layer(peft, parts, path, modules[path], config_rank, scale, recipe.model.name)
         state.update(tensors)
         moved = tensors.get(f"{path}.delta_bias")
         bias_layers += int(moved is not None and bool(moved.any()))
@@ -328,17 +339,20 @@ def import_peft(folder: str | Path, output: str | Path, recipe, *, overwrite: bo
             raise PaceError(f"PEFT tensor for {key} contains NaN or inf; refusing to import it")
 
     # Load it exactly as `pace eval --unmerged` would: a file that passes this, merge and eval accept.
-    report = inject_adapters(model, AdapterConfig(kind=IMPORTED_KIND, rank=config_rank, targets=tuple(layer_order)))
+    feedforward = tuple(path for path in layer_order if f"{path}.ia3_in" in state)
+    report = inject_adapters(model, AdapterConfig(kind=kind, rank=config_rank, targets=tuple(layer_order),
+                                                  feedforward=feedforward))
     load_adapter_state_dict(model, state)
-    metadata = _imported_metadata(peft, recipe, config_rank, scale, layer_order, report.adapted_layers, head_name,
-                                  head_from, num_classes, fingerprints, sum(t.numel() for t in state.values()))
+    metadata = _imported_metadata(peft, recipe, kind, config_rank, scale, layer_order, feedforward,
+                                  report.adapted_layers, head_name, head_from, num_classes, fingerprints,
+                                  sum(t.numel() for t in state.values()))
     files.save_tensors(output, state, metadata.to_metadata())
     return PeftImportReport(output, len(layer_order), config_rank, scale, peft.config.get("bias", "none"), head_name,
                             head_from, num_classes, bias_layers)
 
 
-def _imported_metadata(peft: PeftFolder, recipe, rank: int, scale: float, layer_order: list[str],
-                       adapted_layers: list[str], head_name: str, head_from: str, num_classes: int,
+def _imported_metadata(peft: PeftFolder, recipe, kind: str, rank: int, scale: float, layer_order: list[str],
+                       feedforward: tuple[str, ...], adapted_layers: list[str], head_name: str, head_from: str, num_classes: int,
                        fingerprints: dict[str, str], trainable_parameters: int) -> AdapterMetadata:
     from pace_cli.builders import timm_kwargs
     from pace_cli.recipe import recipe_to_toml
@@ -346,10 +360,10 @@ def _imported_metadata(peft: PeftFolder, recipe, rank: int, scale: float, layer_
     stashed = _pace_provenance(peft)
     class_names = stashed.get("class_names") or []
     # The recorded recipe says what the file holds, whatever [adapter] the recipe given for the model had.
-    imported = {"kind": IMPORTED_KIND, "rank": rank, "targets": list(layer_order)}
+    imported = {"kind": kind, "rank": rank, "targets": list(layer_order), "feedforward": list(feedforward)}
     recipe = recipe.model_copy(update={"adapter": recipe.adapter.model_copy(update=imported)})
     return AdapterMetadata(
-        kind=IMPORTED_KIND, rank=rank, targets=list(layer_order), layers=adapted_layers, head=head_name,
+        kind=kind, rank=rank, targets=list(layer_order), layers=adapted_layers, head=head_name,
         timm_model=recipe.model.name, num_classes=num_classes, base_fingerprint=fingerprints["float32"],
         trainable_parameters=trainable_parameters, timm_kwargs=timm_kwargs(recipe),
         class_names=class_names if len(class_names) == num_classes else [],

@@ -109,12 +109,14 @@ def export(
         raise PaceError(f"{', '.join(onnx_only)} only applies to --format onnx", remedy="drop it for a PEFT export")
     report = export_peft(adapter, output, base=base, force=force, overwrite=overwrite)
     if json_output:
-        print_json({"output": str(report.output), "format": format_, "layers": report.layers,
+        print_json({"output": str(report.output), "format": format_, "method": report.method, "layers": report.layers,
                     "rank": report.rank, "bias": report.bias, "head": report.head, "tensors": report.tensors,
                     "base": report.base, "fingerprint_ok": report.fingerprint_ok})
         return
     note = "" if report.fingerprint_ok is not False else _FINGERPRINT_IGNORED
-    console.print(f"[green]exported[/] {report.layers} LoRA layers (rank {report.rank}, bias {report.bias!r}, "
+    shape = (f"{report.feedforward} feed-forward" if report.method == "IA3"
+             else f"rank {report.rank}, bias {report.bias!r}")
+    console.print(f"[green]exported[/] {report.layers} {report.method} layers ({shape}, "
                   f"head {report.head}) to {report.output} in PEFT format{note}", soft_wrap=True)
 
 
