@@ -43,7 +43,11 @@ def dense_reference(kind, W0, b0, t):
     return dW, db
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+# The kinds whose dense reference is written here; the others have theirs in their own test modules.
+LOW_RANK_KINDS = ["lora_add", "lora_mul", "vpt_add", "lora_mul+vpt_add"]
+
+
+@pytest.mark.parametrize("kind", LOW_RANK_KINDS)
 def test_delta_matches_dense_reference(kind):
     d_out, d_in, r = 7, 5, 3
     W0 = torch.randn(d_out, d_in, dtype=torch.float64)
@@ -77,7 +81,7 @@ def test_vpt_on_bias_less_layer_is_refused():
         AdaptedLinear(nn.Linear(6, 4, bias=False), "vpt_add", rank=2)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", LOW_RANK_KINDS)
 def test_adapted_layer_eval_forward_matches_reference(kind):
     base = nn.Linear(5, 7).double()
     layer = AdaptedLinear(base, kind, rank=3).double()
