@@ -57,6 +57,8 @@ class CheckReport:
     adapted_layers: int | None = None
     trainable_parameters: int | None = None
     total_parameters: int | None = None
+    # Each adapter tensor name: how many layers hold it and its parameters in all (ia3_in: input-scaled layers).
+    adapter_tensors: dict[str, dict[str, int]] = field(default_factory=dict)
     sigma_per_block: dict[str, float] = field(default_factory=dict)
     batch_size: int | None = None
     steps_per_epoch: int | None = None
@@ -101,6 +103,7 @@ def check_recipe(recipe_path: str | Path, overrides: Sequence[str] = ()) -> Chec
     report.adapted_layers = len(injection.adapted_layers)
     report.trainable_parameters = injection.trainable_parameters
     report.total_parameters = injection.total_parameters
+    report.adapter_tensors = _adapter_tensors(model)
     _plan(report, recipe, train_set, model, injection)
     return report
 
@@ -206,6 +209,18 @@ def _inject(report: CheckReport, recipe: Recipe, model: nn.Module):
         return None
     with torch.device(next(model.parameters()).device):
         return _collect(report, lambda: inject_adapters(model, config, num_classes=report.num_classes))
+
+
+def _adapter_tensors(model: nn.Module) -> dict[str, dict[str, int]]:
+    from pace_cli.adapters import adapted_layers
+
+    counts: dict[str, dict[str, int]] = {}
+    for layer in adapted_layers(model).values():
+        for name, tensor in layer.adapter_tensors().items():
+            entry = counts.setdefault(name, {"layers": 0, "parameters": 0})
+            entry["layers"] += 1
+            entry["parameters"] += tensor.numel()
+    return counts
 
 
 def _check_checkpoint(report: CheckReport, recipe: Recipe, model: nn.Module) -> None:

@@ -48,6 +48,9 @@ def render_check(report) -> None:
         share = 100 * report.trainable_parameters / max(1, report.total_parameters)
         table.add_row("adapters", f"{report.adapted_layers} layers; {report.trainable_parameters:,} trainable / "
                       f"{report.total_parameters:,} parameters ({share:.2f}%)")
+    if report.adapter_tensors:
+        table.add_row("adapter tensors", ", ".join(f"{name} {c['parameters']:,} ({c['layers']} layers)"
+                                                   for name, c in report.adapter_tensors.items()))
     if report.sigma_per_block:
         table.add_row("σ per block", ", ".join(f"{block} {sigma:.3g}" for block, sigma in report.sigma_per_block.items()))
     if report.steps_per_epoch is not None:

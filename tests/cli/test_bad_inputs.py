@@ -366,6 +366,26 @@ def case_import_peft_target_not_in_model(tmp):
     return import_args(tmp, peft_folder(tmp, {}, layer="blocks.5.attn.qkv")), "blocks.5.attn.qkv"
 
 
+def case_import_peft_dora_with_a_trained_bias(tmp):
+    return import_args(tmp, peft_folder(tmp, {"use_dora": True, "bias": "lora_only"})), "trained bias"
+
+
+def case_import_peft_ia3_vector_against_its_feedforward_rule(tmp):
+    folder = tmp / "peft"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3", "target_modules": ["qkv"],
+                                                            "feedforward_modules": ["qkv"], "modules_to_save": ["head"]}))
+    save_file({"base_model.model.blocks.0.attn.qkv.ia3_l": torch.ones(96, 1),  # output-scaled shape, feed-forward layer
+               "base_model.model.head.weight": torch.zeros(3, 32), "base_model.model.head.bias": torch.zeros(3)},
+              str(folder / "adapter_model.safetensors"))
+    return import_args(tmp, folder), "feedforward_modules"
+
+
+def case_feedforward_matches_no_targeted_layer(tmp):
+    path = recipe_with(tmp, "[adapter]\nrank = 2", '[adapter]\nkind = "ia3"\nfeedforward = ["fc1"]')
+    return train_args(tmp, path), "[adapter] feedforward pattern 'fc1'"
+
+
 def case_batch_not_divisible_by_processes(tmp):
     # refused before any process is started, so the test needs no launcher
     return train_args(tmp, recipe_with(tmp, "batch_size = 8", "batch_size = 9")) + ["--nproc", "2"], "batch_size = 9"

@@ -84,3 +84,20 @@ def test_unmerged_adapter_scores_what_the_merged_one_does(tmp_path, kind):
     unmerged = evaluate_targets(recipe, adapter=result.adapter_path, unmerged=True, targets=[])
     assert merged.sets[0].result.top1 == unmerged.sets[0].result.top1
     assert merged.sets[0].result.loss == pytest.approx(unmerged.sets[0].result.loss, abs=1e-5)
+
+
+def test_inspect_shows_each_layers_mode_and_check_lists_the_tensors(tmp_path):
+    from pace_cli.artifacts import describe_file
+    from pace_cli.check import check_recipe
+
+    path = tmp_path / "ia3.toml"
+    path.write_text(RECIPE)
+    result = train(parse_recipe(RECIPE, overrides("ia3")), output_dir=tmp_path / "run")
+    assert describe_file(result.adapter_path)["modes"] == {
+        "output": ["blocks.0.attn.qkv", "blocks.1.attn.qkv"], "input": ["blocks.0.mlp.fc2", "blocks.1.mlp.fc2"]}
+    report = check_recipe(path, overrides("ia3"))
+    # tiny ViT: qkv scales its 96 outputs, fc2 its 128 inputs, in each of 2 blocks
+    assert report.adapter_tensors == {"ia3_out": {"layers": 2, "parameters": 192},
+                                      "ia3_in": {"layers": 2, "parameters": 256}}
+    dora = check_recipe(path, overrides("dora")).adapter_tensors
+    assert set(dora) == {"lora_A", "lora_B", "dora_magnitude"} and dora["dora_magnitude"]["layers"] == 8
