@@ -88,8 +88,9 @@ def feedforward_layers(layers: Sequence[str], patterns: Sequence[str]) -> set[st
         hits = {name for name in layers if _pattern_matches(pattern, name)}
         if not hits:
             raise PaceError(f"[adapter] feedforward pattern {pattern!r} matches no targeted layer",
-                            remedy="feed-forward layers must also be in [adapter] targets; targeted layers look "
-                                   f"like: {', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''}")
+                            remedy="feed-forward layers must also be in [adapter] targets (unset, feedforward is "
+                                   "the kind's default, ia3: [\"fc2\"]; feedforward = [] scales every output); "
+                                   f"targeted layers look like: {', '.join(layers[:3])}{', ...' if len(layers) > 3 else ''}")
         chosen |= hits
     return chosen
 

@@ -13,8 +13,7 @@ from torch import Tensor, nn
 from pace_cli.adapters.delta import adapter_delta, merged_weight_and_bias, plus
 from pace_cli.adapters.factored import low_rank_linear
 from pace_cli.adapters.fused import noisy_linear, worth_fusing
-from pace_cli.adapters.kinds import kind_spec
-from pace_cli.adapters.kinds import row_norm
+from pace_cli.adapters.kinds import kind_spec, row_norm
 from pace_cli.adapters.noise import add_noisy, draw_noise
 from pace_cli.adapters.rescale import KIND_FORWARDS
 from pace_cli.errors import PaceError
@@ -29,7 +28,8 @@ class AdaptedLinear(nn.Module):
     architecture do not move. ``noise_sigma`` is set by the PACE schedule; noise is drawn only in
     training mode and when it is positive. A kind on the ``fused`` path (a full-rank ΔW, such as
     ``lora_mul``) runs the noisy forward with per-sample weights (:mod:`pace_cli.adapters.fused`)
-    unless ``per_sample_weights`` is off.
+    unless ``per_sample_weights`` is off. A kind on the ``scale`` or ``dora`` path ((IA)³, DoRA)
+    runs its own forward from :mod:`pace_cli.adapters.rescale`, the same h0 + z ⊙ Δh.
     """
 
     per_sample_weights = True
@@ -65,7 +65,8 @@ class AdaptedLinear(nn.Module):
         self.reset_adapter()
 
     def reset_adapter(self) -> None:
-        """Each tensor to its kind's initial value: one factor of each product zeros, so ΔW = Δb = 0."""
+        """Each tensor to its kind's initial value: one factor of each product zeros, a scale ones, DoRA's
+        magnitude ‖W0‖ per row, so ΔW = Δb = 0."""
         inits = {t.name: t.init for t in self.spec.tensors}
         for name in self.adapter_names:
             if inits[name] == "row_norm":  # DoRA's magnitude: ‖W0‖ per row, so m / ‖W0 + B A‖ = 1 at B = 0
@@ -96,7 +97,9 @@ class AdaptedLinear(nn.Module):
         delta_w, delta_b = (None, None) if factored else self.delta()
         if not noisy:
             return F.linear(x, plus(self.weight, delta_w), plus(self.bias, delta_b))
-        z = self.draw_noise_for(x)
+        samples = getattr(self.batch_state, "samples", None)
+        z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
+                       batch=self.batch_state)
         if factored:
             return self.factored_forward(x, z)
         if (delta_w is not None and self.spec.training == "fused" and self.per_sample_weights
@@ -105,7 +108,7 @@ class AdaptedLinear(nn.Module):
         return self.noisy_forward_reference(x, delta_w, delta_b, z)
 
     def draw_noise_for(self, x: Tensor) -> Tensor:
-        """This layer's PACE noise for input x: [samples, d_out] (see ``draw_noise``)."""
+        """This layer's PACE noise for input x: [samples, d_out] (see ``draw_noise``); the kind forwards'."""
         samples = getattr(self.batch_state, "samples", None)
         return draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
                           batch=self.batch_state)

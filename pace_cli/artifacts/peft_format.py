@@ -2,8 +2,8 @@
 
 Export is :mod:`pace_cli.artifacts.peft_export`, import :mod:`pace_cli.artifacts.peft_import`.
 
-A ``lora_add`` adapter (a kind whose row in ``adapters.KINDS`` has no ``peft_refusal``) is, at
-inference, a plain LoRA: ΔW = lora_B @ lora_A with the same tensor
+A ``lora_add`` adapter (a kind whose row in ``adapters.KINDS`` has no ``peft_refusal`` and
+``peft_method = "lora"``) is, at inference, a plain LoRA: ΔW = lora_B @ lora_A with the same tensor
 shapes PEFT uses ([r, d_in] and [d_out, r]). The mapping, for an adapted ``nn.Linear`` at path P:
 
 | pace adapter file          | PEFT folder (``adapter_model.safetensors``)                         |

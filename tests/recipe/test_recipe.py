@@ -144,8 +144,8 @@ def test_lambda_alias_both_ways():
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        ("[adapter]\nrnak = 3", r"unknown key \[adapter\] rnak \(did you mean 'rank'\? allowed: kind, rank, targets\)"),
-        ("[adapter]\nzzz = 3", r"unknown key \[adapter\] zzz \(allowed: kind, rank, targets\)"),
+        ("[adapter]\nrnak = 3", r"unknown key \[adapter\] rnak \(did you mean 'rank'\? allowed: kind, rank, targets, feedforward\)"),
+        ("[adapter]\nzzz = 3", r"unknown key \[adapter\] zzz \(allowed: kind, rank, targets, feedforward\)"),
         ("[bogus]\nx = 1", r"unknown section \[bogus\]"),
         ("[train]\nepochs = \"ten\"", r"\[train\] epochs = 'ten': must be an integer"),
         ("[train]\nepochs = true", r"\[train\] epochs = true: must be an integer"),
