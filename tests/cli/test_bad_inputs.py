@@ -358,8 +358,8 @@ def case_import_peft_not_lora(tmp):
     return import_args(tmp, peft_folder(tmp, {"peft_type": "IA3"})), "peft_type"
 
 
-def case_import_peft_dora(tmp):
-    return import_args(tmp, peft_folder(tmp, {"use_dora": True})), "use_dora"
+def case_import_peft_dora_without_its_magnitude(tmp):
+    return import_args(tmp, peft_folder(tmp, {"use_dora": True})), "lora_magnitude_vector"
 
 
 def case_import_peft_target_not_in_model(tmp):
