@@ -1,4 +1,8 @@
-"""`pace export`: a ``lora_add`` adapter file out as a PEFT LoRA folder (mapping in :mod:`.peft_format`)."""
+"""`pace export`: an adapter file out as a PEFT LoRA folder (mapping in :mod:`.peft_format`).
+
+``lora_add``, ``lora_add+vpt_add`` (ΔW = B A; Δb = db + W0 p carried whole as the new bias) and
+``bitfit`` (zero LoRA factors, Δb as the new bias) are exact; the other kinds are refused.
+"""
 
 from __future__ import annotations
 
@@ -89,14 +93,39 @@ def _lora_layers(adapter: AdapterFile) -> tuple[dict[str, dict[str, Tensor]], di
     layers, head = split_adapter_state(adapter.tensors)
     if not layers:
         raise PaceError(f"'{adapter.path}' adapts no layer; there is nothing to export as a LoRA")
+    own_names = set(kind_spec(adapter.kind).tensor_names(has_bias=True))
     ranks = {tuple(t["lora_A"].shape)[0] for t in layers.values() if "lora_A" in t}
-    if len(ranks) != 1 or any(set(t) - {"lora_A", "lora_B", "delta_bias"} or "lora_B" not in t
-                              for t in layers.values()):
+    if len(ranks) > 1 or any(set(t) - own_names or ("lora_A" in own_names) != ("lora_B" in t)
+                             for t in layers.values()):
         raise PaceError(f"'{adapter.path}' does not hold one lora_A/lora_B pair of a single rank per layer",
                         remedy="the adapter file is damaged")
     recorded = [path for path in adapter.metadata.layers if path in layers]
     layer_order = recorded + [path for path in layers if path not in recorded]  # model (depth) order
-    return layers, head, ranks.pop(), layer_order
+    return layers, head, ranks.pop() if ranks else 1, layer_order
+
+
+def _zero_factors(layers: dict[str, dict[str, Tensor]], base_path: Path) -> None:
+    """Rank-1 zero LoRA factors for a kind with ΔW = 0 (``bitfit``): PEFT's B A then adds exactly
+    nothing, and the kind's whole effect travels in the ``lora_only`` biases. d_in is read from
+    the base file's header."""
+    shapes = {key: shape for key, (_, shape) in files.tensor_info(base_path).items()}
+    for path, own in layers.items():
+        if "lora_A" in own:
+            continue
+        weight_key = f"{path}.weight"
+        if weight_key not in shapes:
+            raise PaceError(f"the adapter adapts layer {path}, but the base '{base_path}' has no {weight_key}",
+                            remedy="the adapter was trained for another base model")
+        d_out, d_in = shapes[weight_key]
+        own["lora_A"] = own["delta_bias"].new_zeros(1, d_in)
+        own["lora_B"] = own["delta_bias"].new_zeros(d_out, 1)
+
+
+def _bias_moved(own: dict[str, Tensor]) -> bool:
+    """Whether a layer's Δb is nonzero: its delta_bias, or a prompt (Δb += W0 p) with p ≠ 0."""
+    if "delta_bias" in own and bool(own["delta_bias"].any()):
+        return True
+    return "prompt_B" in own and bool((own["prompt_B"] @ own["prompt_A"]).any())
 
 
 def _shifted_biases(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]], base_path: Path,
@@ -109,6 +138,7 @@ def _shifted_biases(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]], 
             raise PaceError(f"'{base_path}' is not the base '{adapter.path.name}' was trained on (fingerprint "
                             "differs), so b0 + Δb would be wrong", remedy="pass --base with the right one, or --force")
         biases: dict[str, Tensor] = {}
+        adapter_names = set(kind_spec(adapter.kind).tensor_names(has_bias=True))
         for path, own in layers.items():
             if f"{path}.weight" not in base_file:
                 raise PaceError(f"the adapter adapts layer {path}, but the base '{base_path}' has no {path}.weight",
@@ -118,7 +148,8 @@ def _shifted_biases(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]], 
             bias_key = f"{path}.bias"
             bias = base_file[bias_key] if bias_key in base_file else None
             # The same function `pace merge` uses: the PEFT bias equals the merged file's bias bit for bit.
-            _, biases[path] = merge_layer(adapter.kind, base_file[f"{path}.weight"], bias, own, path)
+            kind_tensors = {name: tensor for name, tensor in own.items() if name in adapter_names}
+            _, biases[path] = merge_layer(adapter.kind, base_file[f"{path}.weight"], bias, kind_tensors, path)
     return biases, fingerprint_ok
 
 
@@ -163,7 +194,7 @@ tags: [timm, lora, pace]
 ---
 # PEFT LoRA exported by pace
 
-A `lora_add` adapter ({meta.created_by or "pace"}) exported by `pace export` as a plain PEFT LoRA:
+A `{adapter.kind}` adapter ({meta.created_by or "pace"}) exported by `pace export` as a plain PEFT LoRA:
 rank {config["r"]}, `lora_alpha` {config["lora_alpha"]} (scaling 1), `bias = "{config["bias"]}"`, the new head in
 `modules_to_save`. It loads without pace:
 
@@ -192,16 +223,18 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
     adapter = read_adapter(adapter_path)
     _refuse_kind(adapter)
     layers, head, rank, layer_order = _lora_layers(adapter)
-    shifts_bias = any("delta_bias" in t and bool(t["delta_bias"].any()) for t in layers.values())
+    shifts_bias = any(_bias_moved(t) for t in layers.values())
+    has_factors = all("lora_A" in t for t in layers.values())
+    base_path = _resolve_base(base, adapter) if shifts_bias or not has_factors else None
+    if not has_factors:
+        _zero_factors(layers, base_path)
 
     tensors: dict[str, Tensor] = {}
     for path, own in layers.items():
         tensors[f"{PEFT_KEY_PREFIX}{path}.lora_A.weight"] = own["lora_A"]
         tensors[f"{PEFT_KEY_PREFIX}{path}.lora_B.weight"] = own["lora_B"]
-    base_path: Path | None = None
     fingerprint_ok: bool | None = None
     if shifts_bias:
-        base_path = _resolve_base(base, adapter)
         biases, fingerprint_ok = _shifted_biases(adapter, layers, base_path, force)
         for path, bias in biases.items():
             tensors[f"{PEFT_KEY_PREFIX}{path}.base_layer.bias"] = bias
