@@ -9,7 +9,8 @@ tiny backbone) with `--set adapter.kind=KIND`:
 1. `off`: the baseline at the recipe's settings, seeds 0, 1, 2, `--final` (test top-1 per seed);
 2. the λ/σ search for `pace`: the grid `--lambdas` × `--sigmas` on seed 0 only (the scale of
    this study: one seed's validation top-1 picks the setting);
-3. `pace` at the chosen λ, σ, seeds 0, 1, 2, `--final`.
+3. `pace` at the chosen λ, σ, seeds 0, 1, 2, `--final`, in the search's folder, so its seed-0
+   run is the search's own.
 
 Under `[data] shots`, `--final` scores the grid runs' own adapters on the test split (the few-shot
 protocol keeps the training images), so each arm's test figure is the mean of its three seeds'
@@ -55,18 +56,21 @@ def test_scores(table: dict) -> dict[int, float]:
 
 def one_kind(out: Path, kind: str, epochs: int, lambdas: str, sigmas: str, seeds: str) -> dict:
     started = time.perf_counter()
+    first_seed = seeds.split(",")[0]
     off = pace_sweep(out / "off", kind, epochs, "--set", "pace.variant=off", "--seeds", seeds, "--final")
-    search = pace_sweep(out / "search", kind, epochs, "--set", "pace.variant=pace", "--grid", f"pace.lambda={lambdas}",
-                        "--grid", f"pace.sigma={sigmas}", "--seeds", seeds.split(",")[0])
+    search = pace_sweep(out / "pace", kind, epochs, "--set", "pace.variant=pace", "--grid", f"pace.lambda={lambdas}",
+                        "--grid", f"pace.sigma={sigmas}", "--seeds", first_seed)
     best = search["best"]["values"]
-    chosen = pace_sweep(out / "pace", kind, epochs, "--set", "pace.variant=pace", "--set", f"pace.lambda={best['pace.lambda']}",
-                        "--set", f"pace.sigma={best['pace.sigma']}", "--seeds", seeds, "--final")
+    # The same folder: the chosen setting's first-seed run is the search's, skipped as finished.
+    chosen = pace_sweep(out / "pace", kind, epochs, "--set", "pace.variant=pace",
+                        "--grid", f"pace.lambda={best['pace.lambda']}", "--grid", f"pace.sigma={best['pace.sigma']}",
+                        "--seeds", seeds, "--final")
     off_test, pace_test = test_scores(off), test_scores(chosen)
     return {
         "kind": kind,
         "chosen": {"lambda": best["pace.lambda"], "sigma": best["pace.sigma"]},
-        "search_val_top1": {f"lambda={s['values']['pace.lambda']} sigma={s['values']['pace.sigma']}": s["val_top1_mean"]
-                            for s in search["ranking"]},
+        "search_val_top1": {f"lambda={s['values']['pace.lambda']} sigma={s['values']['pace.sigma']}":
+                            s["val_top1_mean"] for s in search["ranking"]},
         "off_test_top1": off_test, "pace_test_top1": pace_test,
         "off_mean": statistics.mean(off_test.values()), "pace_mean": statistics.mean(pace_test.values()),
         "off_std": statistics.pstdev(off_test.values()), "pace_std": statistics.pstdev(pace_test.values()),
@@ -90,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kinds", default=DEFAULT_KINDS, help="comma-separated [adapter] kinds")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs of every run")
-    parser.add_argument("--lambdas", default="0.3,1", help="λ values of the search (seed 0)")
+    parser.add_argument("--lambdas", default="1", help="λ values of the search (seed 0)")
     parser.add_argument("--sigmas", default="0.3,1", help="σ values of the search (seed 0)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the two scored arms")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "table5")
@@ -100,14 +104,16 @@ def main() -> None:
     load = os.getloadavg()
     rows = []
     for kind in args.kinds.split(","):
-        rows.append(one_kind(args.work_dir / kind.replace("+", "_"), kind, args.epochs, args.lambdas, args.sigmas, args.seeds))
+        out = args.work_dir / kind.replace("+", "_")
+        rows.append(one_kind(out, kind, args.epochs, args.lambdas, args.sigmas, args.seeds))
         print(f"{kind}: off {100 * rows[-1]['off_mean']:.1f}, pace {100 * rows[-1]['pace_mean']:.1f} "
               f"({rows[-1]['seconds']} s)", flush=True)
     table = markdown(rows)
     print(table)
     if args.json_out:
-        result = {"recipe": "recipes/quickstart.toml", "protocol": f"k = 8 shots, {args.epochs} epochs; off at the recipe's "
-                  "settings; pace at the (λ, σ) of the grid with the best seed-0 val top-1; test top-1 over seeds",
+        result = {"recipe": "recipes/quickstart.toml",
+                  "protocol": f"k = 8 shots, {args.epochs} epochs; off at the recipe's settings; pace at the "
+                              "(λ, σ) of the grid with the best seed-0 val top-1; test top-1 over seeds",
                   "lambdas": args.lambdas, "sigmas": args.sigmas, "seeds": args.seeds, "rows": rows,
                   "markdown": table, "seconds": round(time.perf_counter() - started, 1),
                   "load_average_start": load, "load_average_end": os.getloadavg()}
