@@ -40,7 +40,8 @@ FACTORED_TENSORS = ("lora_A", "lora_B")
 class TensorSpec:
     """One trainable tensor of an adapted layer: local name, shape and initial value.
 
-    Every kind starts at ΔW = Δb = 0: one factor of each product is zeros, the other Xavier-uniform.
+    Every kind starts at ΔW = Δb = 0: one factor of each product is zeros, the other Xavier-uniform;
+    a tensor that is no product's factor (bitfit's Δb, ssf's γ − 1 and β) starts at zeros.
     """
 
     name: str
@@ -192,7 +193,12 @@ def ssf_output_delta(base_out, tensors):
 
 
 def head_delta(weight, bias, tensors):
-    """The linear probe adapts no layer; only the new head trains."""
+    """The linear probe adapts no layer; only the new head trains.
+
+    PACE's noise then sits on the head output alone (the head is new, so its whole output is the
+    adapter's Δh): logits z ⊙ f(x), and the consistency term of two copies is ‖(z1 − z2) ⊙ f‖²,
+    2σ² ‖f‖² in expectation: a penalty on the logits' size, i.e. on the head's weights along the data.
+    """
     return None, None
 
 

@@ -185,3 +185,23 @@ def test_head_kind_takes_all_the_noise_and_ignores_noise_free_blocks():
     parts = regularizer.loss(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
     # The copies differ by the noise on the logits alone: (z1 − z2) ⊙ f, so the term is > 0.
     assert parts.consistency.item() > 0
+
+
+def test_head_on_a_paper_recipe_only_warns_about_the_keys_it_does_not_read():
+    """The paper recipes set noise_free_blocks = 1 (and rank, for LoRA): `--set adapter.kind=head`
+    on them must run, so those keys are inert-key warnings, not errors."""
+    from pathlib import Path
+
+    from pace_cli.recipe import ineffective_settings, load_recipe
+    from pace_cli.regularizer.schedule import sigma_schedule
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "fewshot" / "flowers102.toml"
+    recipe = load_recipe(path, ["adapter.kind=head"])
+    assert recipe.pace.noise_free_blocks == 1
+    notes = ineffective_settings(recipe)
+    assert any(n.startswith("[pace] noise_free_blocks set but ignored") for n in notes), notes
+    assert sigma_schedule([], "head", 0.5, recipe.pace.noise_free_blocks) == {"head": 0.5}
+    lora = ineffective_settings(load_recipe(path, ["adapter.kind=lora_add"]))
+    assert not any(n.startswith(("[adapter]", "[pace] noise_free_blocks")) for n in lora), lora
+    ssf = ineffective_settings(load_recipe(path, ["adapter.kind=ssf"]))
+    assert any(n.startswith("[adapter] rank set but ignored") for n in ssf), ssf  # the recipe sets rank = 18
