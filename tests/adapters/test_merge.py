@@ -36,7 +36,9 @@ def train_a_little(factory, kind, steps=4):
 def test_merged_plain_model_matches_adapted_model(arch, factory, kind):
     base_state, model = train_a_little(factory, kind)
     adapter = adapter_state_dict(model)
-    assert any(v.abs().sum() > 0 for k, v in adapter.items() if k.endswith(("lora_B", "prompt_B")))
+    zero_init = {t.name for t in KINDS[kind].tensors if t.init == "zeros"}  # lora_B, prompt_B, ssf_scale, ...
+    moved = [k for k, v in adapter.items() if k.rpartition(".")[2] in zero_init and v.abs().sum() > 0]
+    assert moved or not KINDS[kind].adapts_layers  # training moved the adapters off ΔW = Δb = 0
     merged = merge_state_dict(base_state, adapter, kind)
     plain = factory(num_classes=3)
     assert set(merged) == set(plain.state_dict())
