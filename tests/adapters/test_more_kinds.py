@@ -205,3 +205,20 @@ def test_head_on_a_paper_recipe_only_warns_about_the_keys_it_does_not_read():
     assert not any(n.startswith(("[adapter]", "[pace] noise_free_blocks")) for n in lora), lora
     ssf = ineffective_settings(load_recipe(path, ["adapter.kind=ssf"]))
     assert any(n.startswith("[adapter] rank set but ignored") for n in ssf), ssf  # the recipe sets rank = 18
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_ssf_under_bf16_autocast_keeps_the_matmul_dtype(noisy):
+    """The element-wise path under autocast: the output has the matmul's dtype (bf16), like any
+    linear layer's, and stays close to the float64 formula."""
+    layer = _layer("ssf", 0.5 if noisy else 0.0).float().train()
+    x = torch.randn(2, 3, D_IN)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    if not noisy:
+        w0, b0 = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+        own = {name: getattr(layer, name).detach().double().numpy() for name in layer.adapter_names}
+        ref_w, ref_b = reference_delta("ssf", w0, b0, own)
+        expected = x.double().numpy() @ (w0 + ref_w).T + b0 + ref_b
+        np.testing.assert_allclose(out.double().detach().numpy(), expected, rtol=0.05, atol=0.05)
