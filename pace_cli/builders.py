@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pace_cli import data
-from pace_cli.adapters import AdapterConfig, InjectionReport, inject_adapters
+from pace_cli.adapters import AdapterConfig, InjectionReport, inject_adapters, kind_spec
 from pace_cli.data.datasets import PaceDataset
 from pace_cli.data.sources import SourceSpec, get_source
 from pace_cli.errors import PaceError
@@ -89,8 +89,10 @@ def build_base_model(recipe: Recipe, num_classes: int, *, load_weights: bool = T
 
 
 def adapter_config(recipe: Recipe) -> AdapterConfig:
-    return AdapterConfig(kind=recipe.adapter.kind, rank=recipe.adapter.rank, targets=tuple(recipe.adapter.targets),
-                         feedforward=tuple(recipe.adapter.feedforward))
+    a = recipe.adapter
+    # A linear probe (kind head) adapts no layer: its targets are not read (`pace check` matches none).
+    targets = tuple(a.targets) if kind_spec(a.kind).adapts_layers else ()
+    return AdapterConfig(kind=a.kind, rank=a.rank, targets=targets, feedforward=tuple(a.feedforward))
 
 
 def pace_config(recipe: Recipe) -> PaceConfig:

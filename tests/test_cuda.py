@@ -14,6 +14,7 @@ from helpers import tiny_swin, tiny_vit
 
 from pace_cli.adapters import (
     AdapterConfig, adapted_layers, adapter_delta, adapter_state_dict, inject_adapters, merge_state_dict,
+    registered_tensor_names,
 )
 from pace_cli.adapters.factored import low_rank_linear
 from pace_cli.adapters.fused import noisy_linear
@@ -92,13 +93,13 @@ def _adapted(factory, kind):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("kind", ["lora_add", "lora_mul+vpt_add"])
+@pytest.mark.parametrize("kind", ["lora_add", "lora_mul+vpt_add", "lora_add+vpt_add", "ssf"])
 @pytest.mark.parametrize("factory", [tiny_vit, tiny_swin])
 def test_train_forward_unmerged_eval_and_merged_agree_on_cuda(precision, kind, factory):
     """Training forward (no noise) = unmerged eval exactly; merged = float64 reference to tolerance."""
     model = _adapted(factory, kind)
     base_state = {k: v.clone() for k, v in model.state_dict().items()
-                  if not k.rpartition(".")[2] in ("lora_A", "lora_B", "delta_bias", "prompt_A", "prompt_B")}
+                  if k.rpartition(".")[2] not in registered_tensor_names()}
     merged_state = merge_state_dict(base_state, adapter_state_dict(model), kind)
     merged = factory(drop_path_rate=0.0)
     merged.reset_classifier(4)
@@ -121,7 +122,7 @@ def test_train_forward_unmerged_eval_and_merged_agree_on_cuda(precision, kind, f
     _close(merged_logits.float(), expected, precision, "merged logits")
 
 
-@pytest.mark.parametrize("kind", ["lora_add", "lora_mul", "lora_mul+vpt_add"])
+@pytest.mark.parametrize("kind", ["lora_add", "lora_mul", "lora_mul+vpt_add", "lora_add+vpt_add", "bitfit", "ssf"])
 def test_layer_delta_on_cuda_equals_cpu(kind):
     """adapter_delta (what merge uses) gives the CPU numbers on the GPU, in float64."""
     model = _adapted(tiny_vit, kind).double()

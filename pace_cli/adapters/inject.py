@@ -105,20 +105,25 @@ def inject_adapters(model: nn.Module, config: AdapterConfig, num_classes: int | 
     """Adapt the targeted linears in place, give the model a fresh head, freeze everything else.
 
     With ``num_classes`` the head is replaced by a new trainable one (timm's ``reset_classifier``);
-    without it the existing head is kept and trained.
+    without it the existing head is kept and trained. A kind with no tensors (``head``) adapts no
+    layer, so ``targets`` and ``rank`` are not read.
     """
-    kind_spec(config.kind)  # an unknown kind fails before the model is touched
+    spec = kind_spec(config.kind)  # an unknown kind fails before the model is touched
     if num_classes is not None:
         if num_classes <= 0:
             raise PaceError(f"num_classes must be > 0, got {num_classes}")
         model.reset_classifier(num_classes)
     head_name = head_module_name(model)
     model.requires_grad_(False)
-    layers = find_target_layers(model, config.targets, exclude=head_name)
-    modes = kind_spec(config.kind).modes
+    # A linear probe (kind head) reads no targets: only the new head trains.
+    layers = find_target_layers(model, config.targets, exclude=head_name) if spec.adapts_layers else []
+    modes = spec.modes
     feedforward = feedforward_layers(layers, config.feedforward) if modes else set()
     for path in layers:
         base = model.get_submodule(path)
+        if spec.needs_bias and base.bias is None:
+            raise PaceError(f"[adapter] targets: layer {path} has no bias, but kind {config.kind!r} moves biases",
+                            remedy="leave that layer out of [adapter] targets, or pick a kind that needs no bias")
         mode = (modes[1] if path in feedforward else modes[0]) if modes else None
         _set_submodule(model, path, AdaptedLinear(base, config.kind, config.rank, mode))
     head = model.get_submodule(head_name)

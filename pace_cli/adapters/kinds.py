@@ -23,13 +23,18 @@ from pace_cli.errors import PaceError
 Dim = Literal["d_in", "d_out", "rank"] | int
 # (W0, b0, tensors by local name) -> (ΔW, Δb), None standing for an exact zero.
 DeltaFunction = Callable[[Any, Any, Mapping[str, Any]], tuple[Any, Any]]
+# (W0, b0, tensors) -> Δb alone, for a path that never forms ΔW.
+BiasFunction = Callable[[Any, Any, Mapping[str, Any]], Any]
+# (h0 = W0 x + b0, tensors) -> Δh, for a kind whose Δh is a per-channel function of the base output.
+OutputFunction = Callable[[Any, Mapping[str, Any]], Any]
 # How the noisy training forward runs (see AdaptedLinear.forward):
 #   factored  ΔW = lora_B @ lora_A and Δb = delta_bias, run as B (A x) without forming ΔW
 #   fused     ΔW is full rank: per-sample weights W0 + diag(z) ΔW, one batched matmul
 #   dense     h0(x) + z ⊙ (ΔW x + Δb) as written (e.g. a kind whose ΔW is zero)
+#   elementwise  h0(x) + z ⊙ Δh(h0(x)) from the kind's ``output_delta``, no ΔW formed (SSF)
 #   scale     (IA)³: h0 = W0 x + b0 once, Δh element-wise from it or from the scaled input (adapters/rescale.py)
 #   dora      DoRA: the row norms of W0 + B A once per forward, Δh from W0 x and B (A x) (adapters/rescale.py)
-TrainingPath = Literal["factored", "fused", "dense", "scale", "dora"]
+TrainingPath = Literal["factored", "fused", "dense", "elementwise", "scale", "dora"]
 FACTORED_TENSORS = ("lora_A", "lora_B")
 
 
@@ -38,7 +43,8 @@ class TensorSpec:
     """One trainable tensor of an adapted layer: local name, shape and initial value.
 
     Every kind starts at ΔW = Δb = 0: one factor of each product is zeros, the other Xavier-uniform;
-    a scale starts at ones, and DoRA's magnitude at the row norms of W0 (``row_norm``).
+    a tensor that is no product's factor (bitfit's Δb, ssf's γ − 1 and β) starts at zeros; a scale
+    starts at ones, and DoRA's magnitude at the row norms of W0 (``row_norm``).
     """
 
     name: str
@@ -62,9 +68,12 @@ class KindSpec:
     tensors: tuple[TensorSpec, ...]
     delta: DeltaFunction
     training: TrainingPath = "dense"
-    # The kind moves the bias through W0 (VPT's Δb = W0 p): a layer without a bias cannot hold it.
+    # The kind's whole effect or part of it is a bias shift (VPT's Δb = W0 p, BitFit's Δb): a
+    # layer without a bias cannot hold it.
     needs_bias: bool = False
-    # Why PEFT cannot express the kind exactly; None when it can, as ``peft_method`` says.
+    # Why PEFT cannot express the kind exactly; None when it can, as ``peft_method`` says (a "lora"
+    # kind exports as a plain LoRA: ΔW = lora_B lora_A, or zero without LoRA factors, and Δb carried
+    # whole as PEFT's "lora_only" bias).
     peft_refusal: str | None = "PEFT has no exact equivalent"
     # How PEFT expresses it: "lora" (ΔW = lora_B lora_A, Δb = delta_bias), "dora" (LoRA, use_dora) or "ia3".
     peft_method: Literal["lora", "dora", "ia3"] = "lora"
@@ -74,15 +83,30 @@ class KindSpec:
     # [adapter] targets / feedforward when the recipe leaves them unset; None: the recipe's own default.
     default_targets: tuple[str, ...] | None = None
     default_feedforward: tuple[str, ...] = ()
+    # factored path: Δb alone (None: the tensor delta_bias, if the layer has it)
+    factored_bias: BiasFunction | None = None
+    # elementwise path: Δh from the base output h0
+    output_delta: OutputFunction | None = None
 
     def __post_init__(self):
         names = [t.name for t in self.tensors]
         if len(set(names)) != len(names):
             raise ValueError(f"adapter kind {self.name!r} names a tensor twice: {names}")
-        plain_lora = self.training == "factored" or (self.peft_refusal is None and self.peft_method == "lora")
-        if plain_lora and not set(FACTORED_TENSORS) <= set(names):
-            raise ValueError(f"adapter kind {self.name!r} is run or exported as a plain LoRA, so it needs "
-                             f"tensors {FACTORED_TENSORS}")
+        if self.training in ("factored", "dora") and not set(FACTORED_TENSORS) <= set(names):
+            raise ValueError(f"adapter kind {self.name!r} runs as a factored LoRA, so it needs tensors "
+                             f"{FACTORED_TENSORS}")
+        if (self.training == "elementwise") != (self.output_delta is not None):
+            raise ValueError(f"adapter kind {self.name!r}: the elementwise path and output_delta go together")
+
+    @property
+    def adapts_layers(self) -> bool:
+        """False for a kind that trains only the new head (a linear probe): no layer is adapted."""
+        return bool(self.tensors)
+
+    @property
+    def has_rank(self) -> bool:
+        """Whether ``[adapter] rank`` sizes any of the kind's tensors."""
+        return any("rank" in t.shape for t in self.tensors)
 
     def tensor_names(self, has_bias: bool, mode: str | None = None) -> tuple[str, ...]:
         """The tensors a layer of this kind owns.
@@ -187,6 +211,47 @@ def dora_delta(weight, bias, tensors):
     return direction * row_scale.unsqueeze(-1) - weight, None
 
 
+def lora_add_vpt_add_delta(weight, bias, tensors):
+    """ΔW = B A, Δb = db + W0 (Pd Pu) (the paper's Table 5 row)."""
+    return tensors["lora_B"] @ tensors["lora_A"], lora_add_vpt_add_bias(weight, bias, tensors)
+
+
+def lora_add_vpt_add_bias(weight, bias, tensors):
+    """Δb = db + W0 p alone: the factored path adds it as a bias column and never forms B A."""
+    return tensors["delta_bias"] + vpt_add_delta(weight, bias, tensors)[1]
+
+
+def bitfit_delta(weight, bias, tensors):
+    """ΔW = 0, Δb = db: only the targeted layers' biases move (Zaken et al.)."""
+    return None, tensors["delta_bias"]
+
+
+def ssf_delta(weight, bias, tensors):
+    """h = γ ⊙ h0 + β per output channel, stored as s = γ − 1: ΔW = diag(s) W0, Δb = s ⊙ b0 + β."""
+    scale, shift = tensors["ssf_scale"], tensors.get("ssf_shift")
+    delta_b = None if bias is None else scale * bias
+    if shift is not None:
+        delta_b = shift if delta_b is None else delta_b + shift
+    return scale[:, None] * weight, delta_b
+
+
+def ssf_output_delta(base_out, tensors):
+    """Δh = s ⊙ h0 + β, element-wise on the base output (equal to ΔW x + Δb of ssf_delta)."""
+    shift = tensors.get("ssf_shift")
+    delta = base_out * tensors["ssf_scale"]
+    return delta if shift is None else delta + shift
+
+
+def head_delta(weight, bias, tensors):
+    """The linear probe adapts no layer; only the new head trains.
+
+    PACE's noise then sits on the head output alone (the head is new, so its whole output is the
+    adapter's Δh): logits z ⊙ f(x), and the consistency term of two copies is ‖(z1 − z2) ⊙ f‖²,
+    2σ² ‖f‖² in expectation: a penalty on the logits' size, i.e. on the head's weights along the data.
+    """
+    return None, None
+
+
 # Order is parameter order: it fixes the random init sequence and the optimizer state's layout.
 LORA_TENSORS = (
     TensorSpec("lora_A", ("rank", "d_in"), "xavier"),
@@ -204,6 +269,13 @@ IA3_TENSORS = (
     TensorSpec("ia3_in", (1, "d_in"), "ones", mode="input"),
 )
 DORA_TENSORS = LORA_TENSORS[:2] + (TensorSpec("dora_magnitude", ("d_out",), "row_norm"),)
+BIAS_TENSORS = (TensorSpec("delta_bias", ("d_out",), "zeros"),)
+# s = γ − 1 rather than γ: zeros at step 0 like every other kind's tensors, and weight decay then
+# pulls towards the base layer (γ = 1) instead of towards switching the channel off (γ = 0).
+SSF_TENSORS = (
+    TensorSpec("ssf_scale", ("d_out",), "zeros"),
+    TensorSpec("ssf_shift", ("d_out",), "zeros", only_with_bias=True),
+)
 _NOT_LOW_RANK = "its ΔW = W0 ⊙ (B A) is not low rank, so no PEFT LoRA reproduces it"
 
 KINDS: dict[str, KindSpec] = {
@@ -217,5 +289,13 @@ KINDS: dict[str, KindSpec] = {
         KindSpec("ia3", IA3_TENSORS, ia3_delta, training="scale", peft_refusal=None, peft_method="ia3",
                  modes=IA3_MODES, default_targets=("qkv", "fc2"), default_feedforward=("fc2",)),
         KindSpec("dora", DORA_TENSORS, dora_delta, training="dora", peft_refusal=None, peft_method="dora"),
+        KindSpec("lora_add+vpt_add", LORA_TENSORS + PROMPT_TENSORS, lora_add_vpt_add_delta, training="factored",
+                 needs_bias=True, peft_refusal=None, factored_bias=lora_add_vpt_add_bias),
+        # Δh = Δb is a broadcast add: the dense path's ΔW = 0 branch is already element-wise.
+        KindSpec("bitfit", BIAS_TENSORS, bitfit_delta, needs_bias=True, peft_refusal=None),
+        KindSpec("ssf", SSF_TENSORS, ssf_delta, training="elementwise", output_delta=ssf_output_delta,
+                 peft_refusal="PEFT has no per-channel scale and shift of a layer's output"),
+        KindSpec("head", (), head_delta,
+                 peft_refusal="it adapts no layer, and a PEFT adapter with only modules_to_save is not a LoRA"),
     )
 }

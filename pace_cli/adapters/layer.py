@@ -90,16 +90,16 @@ class AdaptedLinear(nn.Module):
         noisy = self.training and self.noise_sigma > 0
         kind_forward = KIND_FORWARDS.get(self.spec.training)
         if kind_forward is not None:
-            return kind_forward(self, x, self.draw_noise_for(x) if noisy else None)
+            return kind_forward(self, x, self.layer_noise(x) if noisy else None)
+        if self.spec.training == "elementwise":
+            return self.elementwise_forward(x, self.layer_noise(x) if noisy else None)
         factored = self.spec.training == "factored" and self.factored_lora
         if factored and not noisy:
             return self.factored_forward(x)
         delta_w, delta_b = (None, None) if factored else self.delta()
         if not noisy:
             return F.linear(x, plus(self.weight, delta_w), plus(self.bias, delta_b))
-        samples = getattr(self.batch_state, "samples", None)
-        z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
-                       batch=self.batch_state)
+        z = self.layer_noise(x)
         if factored:
             return self.factored_forward(x, z)
         if (delta_w is not None and self.spec.training == "fused" and self.per_sample_weights
@@ -107,11 +107,29 @@ class AdaptedLinear(nn.Module):
             return noisy_linear(x, self.weight, self.bias, delta_w, delta_b, z)
         return self.noisy_forward_reference(x, delta_w, delta_b, z)
 
-    def draw_noise_for(self, x: Tensor) -> Tensor:
-        """This layer's PACE noise for input x: [samples, d_out] (see ``draw_noise``); the kind forwards'."""
+    def layer_noise(self, x: Tensor) -> Tensor:
+        """This forward's PACE noise z [samples, d_out] for input x."""
         samples = getattr(self.batch_state, "samples", None)
         return draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
                           batch=self.batch_state)
+
+    def elementwise_forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        """h0 + z ⊙ Δh(h0) for a kind whose Δh is per-channel in the base output (SSF), z = 1 without noise.
+
+        One matmul and a few passes over [N, d_out]; ΔW = diag(s) W0 of ``adapter_delta`` is never
+        formed (tested equal to it against a float64 reference).
+        """
+        base_out = F.linear(x, self.weight, self.bias)
+        delta_out = self.spec.output_delta(base_out, self.adapter_tensors())
+        if z is None:
+            return (base_out + delta_out).to(base_out.dtype)
+        return add_noisy(base_out, delta_out, z)
+
+    def factored_bias(self) -> Tensor | None:
+        """Δb of a factored kind, without forming ΔW: delta_bias, plus W0 p for lora_add+vpt_add."""
+        bias_of = self.spec.factored_bias
+        return getattr(self, "delta_bias", None) if bias_of is None else bias_of(
+            self.weight, self.bias, self.adapter_tensors())
 
     def factored_forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
         """W0 x + b0 + z ⊙ (B (A x) + Δb) without forming ΔW = B A (z = 1 without noise).
@@ -119,8 +137,7 @@ class AdaptedLinear(nn.Module):
         Used in training and in unmerged evaluation alike, so both run the same code; it equals
         ``adapter_delta``'s dense ΔW up to float rounding (tested against a float64 reference).
         """
-        return low_rank_linear(x, self.weight, self.bias, self.lora_A, self.lora_B,
-                               getattr(self, "delta_bias", None), z)
+        return low_rank_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.factored_bias(), z)
 
     def noisy_forward_reference(self, x: Tensor, delta_w: Tensor | None, delta_b: Tensor | None, z: Tensor) -> Tensor:
         """h0(x) + z ⊙ Δh(x) as written, for noise z [samples, d_out] from ``draw_noise``.
@@ -138,6 +155,6 @@ class AdaptedLinear(nn.Module):
         return add_noisy(base_out, delta_out, z)
 
     def extra_repr(self) -> str:
+        rank = f", rank={self.rank}" if self.spec.has_rank else ""
         mode = f", mode={self.mode}" if self.mode else ""
-        return (f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}, "
-                f"rank={self.rank}{mode}")
+        return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}{rank}{mode}"

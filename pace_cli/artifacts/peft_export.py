@@ -1,7 +1,8 @@
 """`pace export`: an adapter file out as a PEFT folder (mapping in :mod:`.peft_format`).
 
-``lora_add`` becomes a PEFT LoRA, ``dora`` a LoRA with ``use_dora = true``, ``ia3`` a PEFT IA3
-folder; every other kind is refused with the reason its row gives.
+``lora_add``, ``lora_add+vpt_add`` (ΔW = B A; Δb = db + W0 p carried whole as the new bias) and
+``bitfit`` (zero LoRA factors, Δb as the new bias) become a PEFT LoRA, ``dora`` a LoRA with
+``use_dora = true``, ``ia3`` a PEFT IA3 folder; every other kind is refused with the reason its row gives.
 """
 
 from __future__ import annotations
@@ -100,12 +101,37 @@ def _lora_layers(adapter: AdapterFile) -> tuple[dict[str, dict[str, Tensor]], di
     layers, head = split_adapter_state(adapter.tensors)
     if not layers:
         raise PaceError(f"'{adapter.path}' adapts no layer; there is nothing to export as a LoRA")
-    own = set(kind_spec(adapter.kind).tensor_names(True))
+    own_names = set(kind_spec(adapter.kind).tensor_names(has_bias=True))
     ranks = {tuple(t["lora_A"].shape)[0] for t in layers.values() if "lora_A" in t}
-    if len(ranks) != 1 or any(set(t) - own or "lora_B" not in t for t in layers.values()):
+    if len(ranks) > 1 or any(set(t) - own_names or ("lora_A" in own_names) != ("lora_B" in t)
+                             for t in layers.values()):
         raise PaceError(f"'{adapter.path}' does not hold one lora_A/lora_B pair of a single rank per layer",
                         remedy="the adapter file is damaged")
-    return layers, head, ranks.pop(), _layer_order(adapter, layers)
+    return layers, head, ranks.pop() if ranks else 1, _layer_order(adapter, layers)
+
+
+def _zero_factors(layers: dict[str, dict[str, Tensor]], base_path: Path) -> None:
+    """Rank-1 zero LoRA factors for a kind with ΔW = 0 (``bitfit``): PEFT's B A then adds exactly
+    nothing, and the kind's whole effect travels in the ``lora_only`` biases. d_in is read from
+    the base file's header."""
+    shapes = {key: shape for key, (_, shape) in files.tensor_info(base_path).items()}
+    for path, own in layers.items():
+        if "lora_A" in own:
+            continue
+        weight_key = f"{path}.weight"
+        if weight_key not in shapes:
+            raise PaceError(f"the adapter adapts layer {path}, but the base '{base_path}' has no {weight_key}",
+                            remedy="the adapter was trained for another base model")
+        d_out, d_in = shapes[weight_key]
+        own["lora_A"] = own["delta_bias"].new_zeros(1, d_in)
+        own["lora_B"] = own["delta_bias"].new_zeros(d_out, 1)
+
+
+def _bias_moved(own: dict[str, Tensor]) -> bool:
+    """Whether a layer's Δb is nonzero: its delta_bias, or a prompt (Δb += W0 p) with p ≠ 0."""
+    if "delta_bias" in own and bool(own["delta_bias"].any()):
+        return True
+    return "prompt_B" in own and bool((own["prompt_B"] @ own["prompt_A"]).any())
 
 
 def _shifted_biases(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]], base_path: Path,
@@ -118,6 +144,7 @@ def _shifted_biases(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]], 
             raise PaceError(f"'{base_path}' is not the base '{adapter.path.name}' was trained on (fingerprint "
                             "differs), so b0 + Δb would be wrong", remedy="pass --base with the right one, or --force")
         biases: dict[str, Tensor] = {}
+        adapter_names = set(kind_spec(adapter.kind).tensor_names(has_bias=True))
         for path, own in layers.items():
             if f"{path}.weight" not in base_file:
                 raise PaceError(f"the adapter adapts layer {path}, but the base '{base_path}' has no {path}.weight",
@@ -127,7 +154,8 @@ def _shifted_biases(adapter: AdapterFile, layers: dict[str, dict[str, Tensor]], 
             bias_key = f"{path}.bias"
             bias = base_file[bias_key] if bias_key in base_file else None
             # The same function `pace merge` uses: the PEFT bias equals the merged file's bias bit for bit.
-            _, biases[path] = merge_layer(adapter.kind, base_file[f"{path}.weight"], bias, own, path)
+            kind_tensors = {name: tensor for name, tensor in own.items() if name in adapter_names}
+            _, biases[path] = merge_layer(adapter.kind, base_file[f"{path}.weight"], bias, kind_tensors, path)
     return biases, fingerprint_ok
 
 
@@ -255,7 +283,10 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
         config = _ia3_config(layer_order, feedforward, adapter.head_name)
     else:
         layers, head, rank, layer_order = _lora_layers(adapter)
-        shifts_bias = any("delta_bias" in t and bool(t["delta_bias"].any()) for t in layers.values())
+        shifts_bias = any(_bias_moved(t) for t in layers.values())
+        if not all("lora_A" in t for t in layers.values()):
+            base_path = _resolve_base(base, adapter)
+            _zero_factors(layers, base_path)
         tensors = {}
         for path, own in layers.items():
             tensors[f"{PEFT_KEY_PREFIX}{path}.lora_A.weight"] = own["lora_A"]
@@ -263,7 +294,7 @@ def export_peft(adapter_path: str | Path, output: str | Path, *, base: str | Non
             if "dora_magnitude" in own:
                 tensors[f"{PEFT_KEY_PREFIX}{path}.lora_magnitude_vector"] = own["dora_magnitude"]
         if shifts_bias:
-            base_path = _resolve_base(base, adapter)
+            base_path = base_path or _resolve_base(base, adapter)
             biases, fingerprint_ok = _shifted_biases(adapter, layers, base_path, force)
             for path, bias in biases.items():
                 tensors[f"{PEFT_KEY_PREFIX}{path}.base_layer.bias"] = bias

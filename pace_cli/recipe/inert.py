@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pace_cli.adapters.kinds import KINDS
+from pace_cli.adapters.kinds import KINDS, kind_spec
 from pace_cli.data.sources import get_source
 from pace_cli.recipe.schema import PaceSection, Recipe, is_set
 
@@ -36,6 +36,7 @@ def ineffective_settings(recipe: Recipe) -> list[str]:
     if is_set(recipe.adapter, "feedforward") and not KINDS[recipe.adapter.kind].modes:
         notes.append(f"[adapter] feedforward set but ignored: kind = {recipe.adapter.kind!r} does not read it (only "
                      "ia3 scales inputs of feed-forward layers)")
+    notes += _unread_adapter_keys(recipe)
     d = recipe.data
     if is_set(d, "seed") and d.shots is None and not get_source(d.source).seeded:
         # `pace sweep --seeds` sets data.seed with train.seed for every source, hence not an error
@@ -49,4 +50,21 @@ def ineffective_settings(recipe: Recipe) -> list[str]:
         notes.append("[train] eval_every set but ignored: [data] val_split is empty, so no epoch is evaluated")
     if recipe.optim.warmup_epochs == 0 and is_set(recipe.optim, "warmup_start_lr"):
         notes.append("[optim] warmup_start_lr set but ignored: warmup_epochs = 0, so there is no warm-up")
+    return notes
+
+
+def _unread_adapter_keys(recipe: Recipe) -> list[str]:
+    """Keys an adapter kind does not read: warnings like the variant's, since sweeping
+    ``adapter.kind`` over a tuned recipe (rank and targets set for LoRA) is a routine comparison."""
+    a, p = recipe.adapter, recipe.pace
+    spec = kind_spec(a.kind)
+    notes = []
+    unread = [key for key, read in (("rank", spec.has_rank), ("targets", spec.adapts_layers))
+              if not read and is_set(a, key)]
+    if unread:
+        why = "it trains only the new head" if not spec.adapts_layers else "its tensors have no rank dimension"
+        notes.append(f"[adapter] {', '.join(unread)} set but ignored with kind = {a.kind!r} ({why})")
+    if not spec.adapts_layers and "noise_free_blocks" in _VARIANT_KEYS[p.variant] and is_set(p, "noise_free_blocks"):
+        notes.append(f"[pace] noise_free_blocks set but ignored with [adapter] kind = {a.kind!r} (no block is "
+                     "adapted; the noise is on the head output alone)")
     return notes

@@ -46,6 +46,8 @@ def sigma_schedule(
     if sigma < 0:
         raise PaceError(f"[pace] sigma must be >= 0, got {sigma}")
     groups = depth_groups(layer_paths)
+    if not groups:
+        noise_free_blocks = 0  # a linear probe (kind head) has no adapted block to keep noise-free
     if not 0 <= noise_free_blocks <= len(groups):
         raise PaceError(
             f"[pace] noise_free_blocks = {noise_free_blocks} but the model has {len(groups)} adapted blocks; "

@@ -18,6 +18,8 @@ def random_adapter(d_out, d_in, r, with_bias=True):
         "delta_bias": torch.randn(d_out, dtype=torch.float64),
         "prompt_B": torch.randn(d_in, r, dtype=torch.float64),
         "prompt_A": torch.randn(r, 1, dtype=torch.float64),
+        "ssf_scale": torch.randn(d_out, dtype=torch.float64),
+        "ssf_shift": torch.randn(d_out, dtype=torch.float64),
     }
 
 
@@ -27,16 +29,23 @@ def dense_reference(kind, W0, b0, t):
     r = t["lora_A"].shape[0]
     dW = torch.zeros(d_out, d_in, dtype=torch.float64)
     db = torch.zeros(d_out, dtype=torch.float64)
-    if kind in ("lora_add", "lora_mul", "lora_mul+vpt_add"):
+    if kind in ("lora_add", "lora_mul", "lora_mul+vpt_add", "lora_add+vpt_add"):
         for i in range(d_out):
             for j in range(d_in):
                 s = sum(float(t["lora_B"][i, k]) * float(t["lora_A"][k, j]) for k in range(r))
-                dW[i, j] = s if kind == "lora_add" else float(W0[i, j]) * s
-        if kind == "lora_add":
+                dW[i, j] = s if kind.startswith("lora_add") else float(W0[i, j]) * s
+        if kind.startswith("lora_add"):
             db += t["delta_bias"]
         elif b0 is not None:
             db += b0 * t["delta_bias"]
-    if kind in ("vpt_add", "lora_mul+vpt_add"):
+    if kind == "bitfit":
+        db += t["delta_bias"]
+    if kind == "ssf":  # h = (1 + s) ⊙ (W0 x + b0) + β
+        for i in range(d_out):
+            for j in range(d_in):
+                dW[i, j] = float(t["ssf_scale"][i]) * float(W0[i, j])
+            db[i] = float(t["ssf_scale"][i]) * (float(b0[i]) if b0 is not None else 0.0) + float(t["ssf_shift"][i])
+    if kind in ("vpt_add", "lora_mul+vpt_add", "lora_add+vpt_add"):
         p = [sum(float(t["prompt_B"][j, k]) * float(t["prompt_A"][k, 0]) for k in range(r)) for j in range(d_in)]
         for i in range(d_out):
             db[i] += sum(float(W0[i, j]) * p[j] for j in range(d_in))
@@ -53,13 +62,12 @@ def test_delta_matches_dense_reference(kind):
     W0 = torch.randn(d_out, d_in, dtype=torch.float64)
     b0 = torch.randn(d_out, dtype=torch.float64)
     tensors = random_adapter(d_out, d_in, r)
-    names = {"lora_add": ["lora_A", "lora_B", "delta_bias"], "lora_mul": ["lora_A", "lora_B", "delta_bias"],
-             "vpt_add": ["prompt_A", "prompt_B"], "lora_mul+vpt_add": list(tensors)}[kind]
+    names = KINDS[kind].tensor_names(has_bias=True)
     dW, db = adapter_delta(kind, W0, b0, {n: tensors[n] for n in names})
     ref_dW, ref_db = dense_reference(kind, W0, b0, tensors)
     dW = torch.zeros_like(W0) if dW is None else dW
     torch.testing.assert_close(dW, ref_dW, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(db, ref_db, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(torch.zeros_like(b0) if db is None else db, ref_db, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("kind", ["lora_add", "lora_mul"])

@@ -36,8 +36,11 @@ def train_a_little(factory, kind, steps=4):
 def test_merged_plain_model_matches_adapted_model(arch, factory, kind):
     base_state, model = train_a_little(factory, kind)
     adapter = adapter_state_dict(model)
-    assert any(v.abs().sum() > 0 for k, v in adapter.items() if k.endswith(("lora_B", "prompt_B"))) \
-        or any((v != 1).any() for k, v in adapter.items() if k.endswith(("ia3_in", "ia3_out")))
+    zero_init = {t.name for t in KINDS[kind].tensors if t.init == "zeros"}  # lora_B, prompt_B, ssf_scale, ...
+    ones_init = {t.name for t in KINDS[kind].tensors if t.init == "ones"}  # ia3's scales
+    moved = [k for k, v in adapter.items() if k.rpartition(".")[2] in zero_init and v.abs().sum() > 0]
+    moved += [k for k, v in adapter.items() if k.rpartition(".")[2] in ones_init and (v != 1).any()]
+    assert moved or not KINDS[kind].adapts_layers  # training moved the adapters off ΔW = Δb = 0
     merged = merge_state_dict(base_state, adapter, kind)
     plain = factory(num_classes=3)
     assert set(merged) == set(plain.state_dict())

@@ -141,11 +141,15 @@ def test_export_writes_peft_format(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name) == []
 
 
-def test_peft_loads_export_with_merged_logits(tmp_path):
+# bitfit goes out as zero rank-1 LoRA factors with its biases as PEFT's lora_only bias; PEFT's
+# merge_and_unload keeps that loaded bias, so the merged timm model is pace's merged file.
+@pytest.mark.parametrize("kind", ["lora_add", "lora_add+vpt_add", "bitfit"])
+def test_peft_loads_export_with_merged_logits(tmp_path, kind):
     peft = peft_or_skip()
-    adapter = make_adapter(tmp_path)
+    adapter = make_adapter(tmp_path, kind=kind)
     out = tmp_path / "peft"
-    export_peft(adapter, out)
+    report = export_peft(adapter, out)
+    assert report.bias == "lora_only"
     merged, _ = merged_model(tmp_path, adapter)
     expected = logits(merged)
 
@@ -213,7 +217,7 @@ def test_export_without_bias_shift_needs_no_base(tmp_path):
     assert max_diff(logits(loaded), logits(merged_model(tmp_path, adapter)[0])) <= TOLERANCE
 
 
-@pytest.mark.parametrize("kind", ["lora_mul", "vpt_add", "lora_mul+vpt_add"])
+@pytest.mark.parametrize("kind", ["lora_mul", "vpt_add", "lora_mul+vpt_add", "ssf", "head"])
 def test_export_refuses_kinds_peft_cannot_express(tmp_path, kind):
     adapter = make_adapter(tmp_path, kind=kind)
     out = tmp_path / "peft"

@@ -350,6 +350,18 @@ def case_export_kind_peft_cannot_express(tmp):
     return ["export", str(adapter), "--format", "peft", "-o", str(tmp / "peft")], "pace merge"
 
 
+def case_export_ssf_to_peft(tmp):
+    adapter, _ = trained_adapter(tmp, BASE_RECIPE.replace("rank = 2", 'kind = "ssf"'))
+    return ["export", str(adapter), "--format", "peft", "-o", str(tmp / "peft")], "pace merge"
+
+
+def case_bitfit_on_a_layer_without_bias(tmp):
+    text = BASE_RECIPE.replace("rank = 2", 'kind = "bitfit"').replace("num_heads = 2", "num_heads = 2, qkv_bias = false")
+    assert "qkv_bias" in text
+    path = recipe(tmp, text)
+    return train_args(tmp, path), "[adapter] targets: layer blocks.0.attn.qkv has no bias"
+
+
 def case_import_peft_missing_folder(tmp):
     return import_args(tmp, tmp / "no_such_peft"), "does not exist"
 
