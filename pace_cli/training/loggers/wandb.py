@@ -1,0 +1,42 @@
+"""Weights & Biases: the run's records, its recipe as the run's config, grouped with its sweep.
+
+W&B's own settings apply: ``WANDB_MODE=offline`` writes the run to files only (synced later with
+``wandb sync``), under ``WANDB_DIR`` or else ``<[log] dir or the output folder>/wandb``. The run id
+is kept in the run folder, so ``--resume`` continues the same W&B run; the records it already
+holds (those redone after the checkpoint) are not sent again, as W&B takes a step only once.
+The last epoch's figures (``epoch/val_top1``, ...) are the run's summary, W&B's default.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from pace_cli.training.loggers.base import TrackerRun, flat_config, scalars
+
+
+class WandbLogger:
+    def __init__(self, run: TrackerRun):
+        import wandb
+
+        self.tracker_run = run
+        saved = run.saved_ids("wandb")
+        options: dict[str, Any] = {"project": run.project, "name": run.name, "group": run.group}
+        if saved:
+            options.update(id=saved["id"], resume="allow")
+        if "WANDB_DIR" not in os.environ:
+            run.files_dir.mkdir(parents=True, exist_ok=True)
+            options["dir"] = str(run.files_dir)
+        self.run = wandb.init(**options)
+        run.keep_ids("wandb", {"id": self.run.id})
+
+    def log_dict(self, payload: Mapping[str, Any], step: int) -> None:
+        if not self.tracker_run.already_logged(step):
+            self.run.log(scalars(payload), step=step)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        # a resumed run may have changed a key resume allows (more epochs), so later values win
+        self.run.config.update(flat_config(config), allow_val_change=True)
+
+    def close(self) -> None:
+        self.run.finish()
