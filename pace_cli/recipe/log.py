@@ -7,6 +7,9 @@ checked when a run or a sweep starts, not here, so a recipe loads on a machine w
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from pydantic import Field, field_validator
 
 from pace_cli.recipe.base import _Section, is_set
@@ -54,3 +57,15 @@ def unread_log_keys(log: LogSection) -> list[str]:
             if not set(log.trackers) & set(NAMED_RUN_TRACKERS) else []
         reason = "they are read by wandb and mlflow only"
     return [f"[log] {', '.join(unread)} set but ignored: {reason}"] if unread else []
+
+
+def sweep_log_overrides(log: LogSection, sweep_dir: Path, run_dir: Path) -> list[str]:
+    """The ``--set`` items that file a sweep's run with its sweep: named by its folder in the sweep
+    (``runs/<setting>_seed-<s>``), its files in the sweep folder (one MLflow store, one TensorBoard
+    folder over every run), grouped by the sweep folder's name. Keys the recipe sets are kept."""
+    if not log.trackers:
+        return []
+    wanted = {"run_name": run_dir.relative_to(sweep_dir).as_posix(), "dir": str(sweep_dir)}
+    if set(log.trackers) & set(NAMED_RUN_TRACKERS):
+        wanted["group"] = sweep_dir.resolve().name
+    return [f"log.{key}={json.dumps(value)}" for key, value in wanted.items() if not is_set(log, key)]

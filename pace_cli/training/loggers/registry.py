@@ -52,12 +52,11 @@ def check_trackers_installed(names: Iterable[str]) -> None:
 
 def prepare_trackers(log: LogSection) -> None:
     """What a sweep's driver does once before its trials start: create the MLflow experiment they share,
-    so that trials running in parallel never race to create it."""
-    check_trackers_installed(log.trackers)
+    so that trials running in parallel never race to create it. A failure is the trackers' warning."""
     if "mlflow" in log.trackers:
         from pace_cli.training.loggers.mlflow import create_experiment
 
-        create_experiment(log)
+        GuardedTracker("mlflow", lambda: create_experiment(log), doing="creating the sweep's experiment")
 
 
 @contextmanager
@@ -106,10 +105,10 @@ def last_logged_step(metrics_path: Path) -> int | None:
 class GuardedTracker:
     """An experiment tracker whose first failure is a warning: then it is closed and logs nothing more."""
 
-    def __init__(self, name: str, open_tracker: Callable[[], Any]):
+    def __init__(self, name: str, open_tracker: Callable[[], Any], *, doing: str = "starting"):
         self.name = name
         self.tracker = None
-        self.tracker = self._guard("starting", open_tracker)
+        self.tracker = self._guard(doing, open_tracker)
 
     def log_dict(self, payload: Mapping[str, Any], step: int) -> None:
         if self.tracker is not None:
