@@ -10,6 +10,7 @@ The last epoch's figures (``epoch/val_top1``, ...) are the run's summary, W&B's 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 from pace_cli.training.loggers.base import TrackerRun, flat_config, scalars
@@ -24,9 +25,12 @@ class WandbLogger:
         options: dict[str, Any] = {"project": run.project, "name": run.name, "group": run.group}
         if saved:
             options.update(id=saved["id"], resume="allow")
-        if "WANDB_DIR" not in os.environ:
-            run.files_dir.mkdir(parents=True, exist_ok=True)
-            options["dir"] = str(run.files_dir)
+        # read here, not left to wandb: its settings are read once per process (a sweep trains many runs in one)
+        folder = Path(os.environ.get("WANDB_DIR") or run.files_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        options["dir"] = str(folder)
+        if os.environ.get("WANDB_MODE"):
+            options["mode"] = os.environ["WANDB_MODE"]
         self.run = wandb.init(**options)
         run.keep_ids("wandb", {"id": self.run.id})
 

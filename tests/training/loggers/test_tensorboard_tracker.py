@@ -76,3 +76,14 @@ def test_log_dir_and_run_name_place_the_event_folder(tmp_path):
     train_tracked(out, ["tensorboard"], f'log.dir="{tmp_path / "shared"}"', 'log.run_name="lr-small"', "train.epochs=1")
     assert list((tmp_path / "shared" / "tensorboard" / "lr-small").glob("events.out.tfevents.*"))
     assert not (out / "tensorboard").exists()
+
+
+def test_a_tracker_added_on_resume_is_not_another_recipe(tmp_path):
+    from tracked_runs import Crash
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_tracked(out, [], logger=Crash())
+    train_tracked(out, ["tensorboard"], resume=True)  # [log] keys change where records go, not what is trained
+    shown = _scalars(_events(out / "tensorboard" / "run"))
+    assert [step for step, _ in shown["step/loss"]] == [CRASH_AT, 6]  # from the checkpoint on

@@ -23,7 +23,7 @@ RECIPE = tiny_recipe_text(
 CRASH_AT, CHECKPOINT_BEFORE_CRASH = 5, 4
 
 
-class _Crash(TrainLogger):
+class Crash(TrainLogger):
     def step(self, record):
         if record["step"] == CRASH_AT:
             raise RuntimeError("power cut")
@@ -40,7 +40,7 @@ def train_tracked(out: Path, trackers, *overrides, **kwargs):
 def crash_and_resume(out: Path, trackers, *overrides) -> list[dict]:
     """Train until the crash, resume; the records metrics.jsonl held at the crash."""
     with pytest.raises(RuntimeError, match="power cut"):
-        train_tracked(out, trackers, *overrides, logger=_Crash())
+        train_tracked(out, trackers, *overrides, logger=Crash())
     before = records(out)
     assert max(r["step"] for r in before) == CRASH_AT
     train_tracked(out, trackers, *overrides, resume=True)
