@@ -45,8 +45,8 @@ class TrackerRun:
     resumed_at_step: int | None  # the checkpoint's step on resume: records past it are redone
     logged_through: int | None  # on resume, the last step metrics.jsonl held: the tracker has those records
 
-    def already_logged(self, step: int) -> bool:
-        """Whether a record at ``step`` is one redone after a resume, which the tracker already holds."""
+    def redone(self, step: int) -> bool:
+        """Whether a record at ``step`` is one trained again after a resume (a tracker that kept its run holds it)."""
         return self.logged_through is not None and step <= self.logged_through
 
     def saved_ids(self, tracker: str) -> dict[str, Any] | None:

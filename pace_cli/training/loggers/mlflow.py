@@ -71,7 +71,7 @@ class MlflowLogger:
 
         self.tracker_run = run
         saved = run.saved_ids("mlflow")
-        self.resumed = saved is not None
+        self.continued = saved is not None  # the tracker's run holds what was logged before the resume
         uri = saved["tracking_uri"] if saved else tracking_uri(run.files_dir)
         self.client = MlflowClient(tracking_uri=uri)
         if saved:
@@ -85,7 +85,7 @@ class MlflowLogger:
     def log_dict(self, payload: Mapping[str, Any], step: int) -> None:
         from mlflow.entities import Metric
 
-        if self.tracker_run.already_logged(step):  # MLflow would keep both values of a redone step
+        if self.continued and self.tracker_run.redone(step):  # MLflow would keep both values of a redone step
             return
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, step)
@@ -96,7 +96,7 @@ class MlflowLogger:
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-        have = self.client.get_run(self.run_id).data.params if self.resumed else {}
+        have = self.client.get_run(self.run_id).data.params if self.continued else {}
         params = [Param(key, str(config_text(value))[:MAX_PARAM_VAL_LENGTH])
                   for key, value in flat_config(config).items() if key not in have]
         for start in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):

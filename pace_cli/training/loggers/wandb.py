@@ -22,6 +22,7 @@ class WandbLogger:
 
         self.tracker_run = run
         saved = run.saved_ids("wandb")
+        self.continued = saved is not None  # the tracker's run holds what was logged before the resume
         options: dict[str, Any] = {"project": run.project, "name": run.name, "group": run.group}
         if saved:
             options.update(id=saved["id"], resume="allow")
@@ -35,7 +36,7 @@ class WandbLogger:
         run.keep_ids("wandb", {"id": self.run.id})
 
     def log_dict(self, payload: Mapping[str, Any], step: int) -> None:
-        if not self.tracker_run.already_logged(step):
+        if not (self.continued and self.tracker_run.redone(step)):  # W&B takes a step once
             self.run.log(scalars(payload), step=step)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
