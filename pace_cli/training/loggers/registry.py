@@ -67,6 +67,8 @@ def metric_loggers(names: Iterable[str], output_dir: Path, *, resumed_at_step: i
     ``log`` is the recipe's [log] section, which the trackers (every name but ``jsonl``) read.
     """
     names = list(names)
+    if names and resumed_at_step is None:  # a new run into this folder starts new tracker runs, whatever it names
+        (Path(output_dir) / TRACKER_IDS_FILE).unlink(missing_ok=True)
     run = _tracker_run(output_dir, resumed_at_step, log or LogSection()) if set(names) - {"jsonl"} else None
     with ExitStack() as stack:
         loggers = []
@@ -82,8 +84,6 @@ def metric_loggers(names: Iterable[str], output_dir: Path, *, resumed_at_step: i
 
 def _tracker_run(output_dir: Path, resumed_at_step: int | None, log: LogSection) -> TrackerRun:
     output_dir = Path(output_dir)
-    if resumed_at_step is None:  # a new run into this folder starts new tracker runs
-        (output_dir / TRACKER_IDS_FILE).unlink(missing_ok=True)
     return TrackerRun(output_dir=output_dir, name=log.run_name or output_dir.resolve().name, project=log.project,
                       group=log.group, files_dir=Path(log.dir) if log.dir else output_dir,
                       resumed_at_step=resumed_at_step,

@@ -83,3 +83,15 @@ def test_wandb_dir_from_the_environment_is_honoured(tmp_path, sent, monkeypatch)
     train_tracked(tmp_path / "run", ["wandb"], "train.epochs=1")
     run_id = json.loads((tmp_path / "run" / "trackers.json").read_text())["wandb"]["id"]
     assert _offline_runs(tmp_path / "elsewhere", run_id) and not (tmp_path / "run" / "wandb").exists()
+
+
+def test_a_new_run_into_the_folder_never_resumes_an_old_runs_tracker(tmp_path, sent):
+    from tracked_runs import Crash
+
+    out = tmp_path / "run"
+    train_tracked(out, ["wandb"], "train.epochs=1")
+    with pytest.raises(RuntimeError, match="power cut"):  # a new run without trackers, cut off
+        train_tracked(out, [], overwrite=True, logger=Crash())
+    train_tracked(out, ["wandb"], resume=True)
+    first, resumed = sent["init"]
+    assert "id" not in resumed  # a W&B run of its own, not the first run's
