@@ -30,7 +30,8 @@ class MetricLogger(Protocol):
         """Record the run's resolved recipe (as a JSON-able dict), once, before the first step."""
 
     def close(self) -> None:
-        """Flush and release; called once, also when training fails."""
+        """Flush and release; called once, also when training fails (an experiment tracker is called with
+        ``finished=False`` then, so its run is marked as not finished)."""
 
 
 @dataclass(frozen=True)

@@ -102,5 +102,5 @@ class MlflowLogger:
         for start in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=params[start:start + MAX_PARAMS_TAGS_PER_BATCH])
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, finished: bool = True) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED" if finished else "KILLED")

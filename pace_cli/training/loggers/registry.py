@@ -79,7 +79,12 @@ def metric_loggers(names: Iterable[str], output_dir: Path, *, resumed_at_step: i
                 logger = GuardedTracker(name, lambda name=name: tracker_class(name)(run))
             stack.callback(logger.close)
             loggers.append(logger)
-        yield loggers
+        try:
+            yield loggers
+        except BaseException:  # interrupted or failed: the trackers' runs say so (MLflow KILLED, W&B exit code 1)
+            for logger in loggers:
+                logger.finished = False
+            raise
 
 
 def _tracker_run(output_dir: Path, resumed_at_step: int | None, log: LogSection) -> TrackerRun:
@@ -107,6 +112,7 @@ class GuardedTracker:
 
     def __init__(self, name: str, open_tracker: Callable[[], Any], *, doing: str = "starting"):
         self.name = name
+        self.finished = True  # False when training ended early: the tracker closes its run as not finished
         self.tracker = None
         self.tracker = self._guard(doing, open_tracker)
 
@@ -121,7 +127,7 @@ class GuardedTracker:
     def close(self) -> None:
         if self.tracker is not None:
             tracker = self.tracker
-            self._guard("closing", tracker.close)
+            self._guard("closing", lambda: tracker.close(finished=self.finished))
             self.tracker = None
 
     def _guard(self, doing: str, action: Callable[[], Any]) -> Any:

@@ -46,5 +46,5 @@ class TensorBoardLogger:
             self.writer.file_writer.add_summary(summary)
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         self.writer.close()

@@ -43,5 +43,5 @@ class WandbLogger:
         # a resumed run may have changed a key resume allows (more epochs), so later values win
         self.run.config.update(flat_config(config), allow_val_change=True)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, finished: bool = True) -> None:
+        self.run.finish(exit_code=0 if finished else 1)

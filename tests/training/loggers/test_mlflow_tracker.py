@@ -17,6 +17,11 @@ def _client(out, monkeypatch):
     return MlflowClient(tracking_uri=ids["tracking_uri"]), ids["run_id"]
 
 
+def _status(out, monkeypatch) -> str:
+    client, run_id = _client(out, monkeypatch)
+    return client.get_run(run_id).info.status
+
+
 def _assert_same_as_metrics_jsonl(client, run_id, out, logged=None):
     expected = series(out, logged)
     assert set(client.get_run(run_id).data.metrics) == set(expected)
@@ -44,8 +49,11 @@ def test_metrics_equal_metrics_jsonl_and_params_hold_the_recipe(tmp_path, monkey
 
 def test_a_resumed_run_reopens_its_run_and_logs_redone_steps_once(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    before = crash_and_resume(out, ["mlflow"], "train.epochs=3")
+    statuses = []
+    before = crash_and_resume(out, ["mlflow"], "train.epochs=3",
+                              after_crash=lambda: statuses.append(_status(out, monkeypatch)))
     client, run_id = _client(out, monkeypatch)
+    assert statuses == ["KILLED"] and client.get_run(run_id).info.status == "FINISHED"
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1  # the same run, reopened
     _assert_same_as_metrics_jsonl(client, run_id, out, kept_through_the_crash(before, out))
     steps = sorted(m.step for m in client.get_metric_history(run_id, "step/loss"))

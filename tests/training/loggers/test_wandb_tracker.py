@@ -18,8 +18,9 @@ def sent(monkeypatch):
     """Every wandb.init's options, run.log(payload, step) and config.update(values), as pace called them."""
     from wandb.sdk import wandb_config, wandb_run
 
-    calls = {"init": [], "log": [], "config": []}
+    calls = {"init": [], "log": [], "config": [], "finish": []}
     real_init, real_log, real_update = wandb.init, wandb_run.Run.log, wandb_config.Config.update
+    real_finish = wandb_run.Run.finish
 
     def init(**options):
         calls["init"].append(options)
@@ -33,7 +34,12 @@ def sent(monkeypatch):
         calls["config"].append(dict(values))
         return real_update(self, values, *args, **kwargs)
 
+    def finish(self, exit_code=None, **kwargs):
+        calls["finish"].append(exit_code)
+        return real_finish(self, exit_code=exit_code, **kwargs)
+
     monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb_run.Run, "finish", finish)
     monkeypatch.setattr(wandb_run.Run, "log", log)
     monkeypatch.setattr(wandb_config.Config, "update", update)
     return calls
@@ -71,7 +77,7 @@ def test_a_resumed_run_continues_its_run_id_and_sends_redone_steps_once(tmp_path
     before = crash_and_resume(out, ["wandb"])
     first, again = sent["init"]
     assert "id" not in first and again["id"] == json.loads((out / "trackers.json").read_text())["wandb"]["id"]
-    assert again["resume"] == "allow"
+    assert again["resume"] == "allow" and sent["finish"] == [1, 0]  # the crash ends the run with exit code 1
     assert _logged_series(sent) == series(out, kept_through_the_crash(before, out))
     steps = sorted({step for _, step in sent["log"]})
     assert steps == [1, 2, 3, CHECKPOINT_BEFORE_CRASH, CRASH_AT, 6]

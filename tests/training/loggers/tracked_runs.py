@@ -37,10 +37,11 @@ def train_tracked(out: Path, trackers, *overrides, **kwargs):
     return train(recipe(trackers, *overrides), output_dir=out, **kwargs)
 
 
-def crash_and_resume(out: Path, trackers, *overrides) -> list[dict]:
+def crash_and_resume(out: Path, trackers, *overrides, after_crash=lambda: None) -> list[dict]:
     """Train until the crash, resume; the records metrics.jsonl held at the crash."""
     with pytest.raises(RuntimeError, match="power cut"):
         train_tracked(out, trackers, *overrides, logger=Crash())
+    after_crash()
     before = records(out)
     assert max(r["step"] for r in before) == CRASH_AT
     train_tracked(out, trackers, *overrides, resume=True)
