@@ -134,7 +134,9 @@ class GuardedTracker:
         try:
             return action()
         except Exception as error:
-            _warnings.warning(f"warning: tracker {self.name!r} failed while {doing} ({one_line(error)[:300]}); it logs "
+            reason = one_line(error)
+            reason = reason if len(reason) <= 300 else reason[:299] + "…"
+            _warnings.warning(f"warning: tracker {self.name!r} failed while {doing} ({reason}); it logs "
                               "nothing more in this run; training goes on and metrics.jsonl keeps every record")
             failed, self.tracker = self.tracker, None
             if failed is not None and doing != "closing":
