@@ -22,6 +22,8 @@ _EXPORTS = {
     "EvalTarget": "schema",
     "FewshotLayout": "schema",
     "KwargValue": "schema",
+    "LogSection": "log",
+    "TRACKER_NAMES": "log",
     "LrSchedule": "schema",
     "ModelSection": "schema",
     "OptimSection": "schema",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pace_cli.adapters.kinds import KINDS, kind_spec
 from pace_cli.data.sources import get_source
+from pace_cli.recipe.log import unread_log_keys
 from pace_cli.recipe.schema import PaceSection, Recipe, is_set
 
 # [pace] keys each variant reads; the others are inert for it.
@@ -50,7 +51,7 @@ def ineffective_settings(recipe: Recipe) -> list[str]:
         notes.append("[train] eval_every set but ignored: [data] val_split is empty, so no epoch is evaluated")
     if recipe.optim.warmup_epochs == 0 and is_set(recipe.optim, "warmup_start_lr"):
         notes.append("[optim] warmup_start_lr set but ignored: warmup_epochs = 0, so there is no warm-up")
-    return notes
+    return notes + unread_log_keys(recipe.log)
 
 
 def _unread_adapter_keys(recipe: Recipe) -> list[str]:

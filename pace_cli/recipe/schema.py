@@ -17,6 +17,7 @@ from pace_cli.adapters.kinds import KINDS
 from pace_cli.data.sources import SOURCES, SourceSpec, only_read_by
 from pace_cli.recipe.augment import AugmentSection
 from pace_cli.recipe.base import _Section, field_by_alias, is_set  # noqa: F401  (others import the last two from here)
+from pace_cli.recipe.log import LogSection
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 # Passed to timm.create_model explicitly, so a duplicate in [model.kwargs] would clash.
@@ -378,6 +379,7 @@ class Recipe(BaseModel):
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    log: LogSection = Field(default_factory=LogSection)
 
     @model_validator(mode="after")
     def _val_grad_norm_has_a_split(self) -> Recipe:

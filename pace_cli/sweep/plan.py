@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import FINAL_FOLDER, GRID_FOLDER
 from pace_cli.recipe import DataSection, Recipe, load_recipe
+from pace_cli.recipe.log import sweep_log_overrides
 
 SEED_KEYS = ("train.seed", "data.seed")
 
@@ -174,7 +175,9 @@ def _run_recipe(recipe_path: Path, overrides: Sequence[str], setting: Setting, s
                 phase_overrides: Sequence[str] = ()) -> Recipe:
     items = [*overrides, *setting.overrides, f"train.seed={seed}", f"data.seed={seed}",
              *phase_overrides, f"output.dir={json.dumps(str(run_dir))}"]
-    return load_recipe(recipe_path, items)
+    recipe = load_recipe(recipe_path, items)
+    tracked = sweep_log_overrides(recipe.log, run_dir.parent.parent, run_dir)  # the trackers' names for a sweep
+    return load_recipe(recipe_path, [*items, *tracked]) if tracked else recipe
 
 
 def _validate_axes(recipe_path: Path, overrides: Sequence[str], axes: Sequence[GridAxis]) -> None:

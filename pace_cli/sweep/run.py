@@ -41,14 +41,18 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
     """
     from pace_cli.files.lock import output_lock
     from pace_cli.sweep.backends.registry import backend_named
+    from pace_cli.training.loggers.registry import check_trackers_installed, prepare_trackers
 
     if isinstance(backend, str):
         backend = backend_named(backend)  # an unknown name fails here, before the folder is locked
+    check_trackers_installed(plan.runs[0].recipe.log.trackers)  # every trial's, before any starts
     prepare = getattr(backend, "prepare", None)
     if prepare is not None:  # e.g. joining a cluster: what fails there fails before the folder is touched
         prepare()
 
     with output_lock(plan.sweep_dir) if writes_files() else contextlib.nullcontext():
+        if writes_files():
+            prepare_trackers(plan.runs[0].recipe.log)  # e.g. the one MLflow experiment the trials share
         return _run_sweep(plan, resume=resume, logger=logger or SweepLogger(), stop=StopRequest.of(stop),
                           backend=backend)
 

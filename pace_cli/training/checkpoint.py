@@ -28,6 +28,7 @@ HARMLESS_KEYS = {
     ("train", "val_grad_norm"),  # a measurement that restores every generator it could touch
     ("eval", "targets"),  # scored by `pace eval` only; training never reads them
     ("train", "accumulate"),  # the same steps, summed in another order (like another process count)
+    *(("log", key) for key in ("trackers", "project", "run_name", "group", "dir")),  # where records also go
 }
 
 

@@ -40,14 +40,14 @@ from pace_cli.training.checkpoint import (
     Checkpoint, Position, load_checkpoint, recipe_differences, restoring, save_checkpoint,
 )
 from pace_cli.training.loggers.base import MetricLogger
-from pace_cli.training.loggers.registry import metric_loggers
+from pace_cli.training.loggers.registry import check_trackers_installed, metric_loggers
 from pace_cli.training.metrics import RunningSums, epoch_record, step_record, validation_fields
 from pace_cli.training.schedule import LearningRateSchedule
 from pace_cli.training.step import checked_global_batch, train_step
 from pace_cli.training.stop import StopRequest, TrainingInterrupted, stop_on_signals
 from pace_cli.training.val_grad import validation_gradient_norm
 
-# Where every run's records go; trackers named in TRACKERS would be added after it.
+# Where every run's records go, before the trackers [log] names.
 _METRIC_LOGGERS = ("jsonl",)
 
 
@@ -110,6 +110,7 @@ def train(recipe: Recipe, *, output_dir: str | Path | None = None, logger: Train
     second run into the same folder is refused at start. A failed write (a full disk) keeps the
     last checkpoint and says how to continue from it: with ``pace train <recipe_label> --resume``.
     """
+    check_trackers_installed(recipe.log.trackers)  # a missing package is one line before anything starts
     world = distributed.init_from_environment(recipe.train.device)
     out = Path(output_dir or recipe.output.dir)
     with output_lock(out) if world.is_writer else contextlib.nullcontext():
@@ -133,8 +134,8 @@ def _train(recipe: Recipe, world: distributed.World, out: Path, *, logger: Train
         files.write_text_atomic(out / RECIPE_FILE, recipe_to_toml(recipe))
     progress.start(total_steps=run.schedule.total_steps, steps_per_epoch=run.steps_per_epoch, report=run.report,
                    device=_describe_device(run.device, world), train_samples=len(run.train_set))
-    names = _METRIC_LOGGERS if world.is_writer else ()
-    with metric_loggers(names, out, resumed_at_step=run.position.step if saved else None) as loggers, \
+    names = (*_METRIC_LOGGERS, *recipe.log.trackers) if world.is_writer else ()
+    with metric_loggers(names, out, resumed_at_step=run.position.step if saved else None, log=recipe.log) as loggers, \
             stop_on_signals(stop), _peer_failures(world, out, recipe_label):
         for metric_logger in loggers:
             metric_logger.log_config(recipe_to_dict(recipe))

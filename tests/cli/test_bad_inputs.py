@@ -432,6 +432,46 @@ def case_predict_without_images(tmp):
     (tmp / "photos" / "notes.txt").write_text("not an image")
     return ["predict", "--adapter", str(adapter), str(tmp / "photos")], "no images found"
 
+def _tracked(tmp, trackers: str) -> Path:
+    return recipe_with(tmp, "epochs = 1", f"epochs = 1\n\n[log]\ntrackers = {trackers}")
+
+
+def case_unknown_tracker(tmp):
+    return train_args(tmp, _tracked(tmp, '["tensorbord"]')), "[log] trackers"
+
+
+def case_tracker_listed_twice(tmp):
+    return train_args(tmp, _tracked(tmp, '["wandb", "wandb"]')), "listed twice"
+
+
+def case_tracker_package_missing(tmp):
+    return train_args(tmp, _tracked(tmp, '["wandb"]')), "pip install 'pace-cli[wandb]'"
+
+
+def case_tracker_package_missing_in_a_sweep(tmp):
+    return ["sweep", str(_tracked(tmp, '["mlflow"]')), "--grid", "pace.lambda=0.5,1", "-o", str(tmp / "sweep")], \
+        "pip install 'pace-cli[mlflow]'"
+
+
+@contextlib.contextmanager
+def _hidden_module(name: str):
+    """``import name`` fails, as where the package is not installed."""
+    import sys
+
+    saved = sys.modules.get(name)
+    sys.modules[name] = None
+    try:
+        yield
+    finally:
+        if saved is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = saved
+
+
+FAULTS.update({"tracker_package_missing": lambda: _hidden_module("wandb"),
+               "tracker_package_missing_in_a_sweep": lambda: _hidden_module("mlflow")})
+
 CASES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 EXIT_CODES = {"diverging_loss": 3}
 # Failures late in a run keep its last checkpoint, on purpose: --resume continues from it.

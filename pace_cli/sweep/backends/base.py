@@ -24,7 +24,8 @@ from pace_cli.training.stop import StopRequest
 # Keys that change where or how fast a run goes, not what it computes: a finished run is
 # reused even if they differ (the sweep folder may have moved, the machine may differ).
 _RESULT_NEUTRAL_KEYS = {("output", "dir"), ("train", "device"), ("data", "num_workers"),
-                        ("data", "eval_batch_size")}
+                        ("data", "eval_batch_size"),
+                        *(("log", key) for key in ("trackers", "project", "run_name", "group", "dir"))}
 
 
 class SweepLogger:
