@@ -36,8 +36,9 @@ class StopFlag:
         return self.requested
 
 
-def run_trial(config, *, runs, cpus, stop_flag, hook, cwd):
-    """Tune's trainable: train (or score) ``runs[config["run"]]`` and report its outcome once."""
+def run_trial(config, *, runs, cpus, stop_flag, hook, cwd, epoch_reports=False):
+    """Tune's trainable: train (or score) ``runs[config["run"]]`` and report its outcome once (with
+    ``epoch_reports``, for an early-stopping scheduler, also each evaluated epoch's validation figures)."""
     import ray
     import torch
     from ray import tune
@@ -54,7 +55,7 @@ def run_trial(config, *, runs, cpus, stop_flag, hook, cwd):
     watcher = threading.Thread(target=_watch, args=(stop_flag, stop), daemon=True)
     watcher.start()
     try:
-        outcome = None if ray.get(stop_flag.get.remote()) else _do(run, cpus, stop, hook)
+        outcome = None if ray.get(stop_flag.get.remote()) else _do(run, cpus, stop, hook, epoch_reports)
     except TrainingInterrupted:
         outcome = None
     finally:
@@ -80,7 +81,7 @@ def _watch(stop_flag, stop: StopRequest) -> None:
         time.sleep(_POLL_S)
 
 
-def _do(run: PlannedRun, cpus: int, stop: StopRequest, hook) -> RunOutcome:
+def _do(run: PlannedRun, cpus: int, stop: StopRequest, hook, epoch_reports: bool) -> RunOutcome:
     if run.job == "score":
         return score_adapter(run)
     from pace_cli.training.loop import TrainLogger, train
@@ -89,7 +90,7 @@ def _do(run: PlannedRun, cpus: int, stop: StopRequest, hook) -> RunOutcome:
     status = "trained"
     if not adapter.is_file():  # else: a retry of a trial that trained and then failed while scoring
         resume = (run.run_dir / CHECKPOINT_FILE).is_file()  # --resume was checked by the driver; a retry resumes
-        logger = _HookLogger(run, hook) if hook else TrainLogger()
+        logger = _TrialLogger(run, hook, epoch_reports) if hook or epoch_reports else TrainLogger()
         train(with_workers_capped(run.recipe, cpus), output_dir=run.run_dir, logger=logger, resume=resume, stop=stop)
         status = "resumed" if resume else "trained"
     outcome = RunOutcome.of(run, status)
@@ -107,16 +108,24 @@ def with_workers_capped(recipe, cpus: int):
     return recipe.model_copy(update={"data": recipe.data.model_copy(update={"num_workers": workers})})
 
 
-class _HookLogger:
-    """A silent TrainLogger that calls the test's hook after every step."""
+class _TrialLogger:
+    """A silent TrainLogger that calls the test's hook after every step and, for an early-stopping
+    scheduler, reports each evaluated epoch to Tune (whose scheduler may pause or stop the trial there)."""
 
-    def __init__(self, run: PlannedRun, hook):
+    def __init__(self, run: PlannedRun, hook, epoch_reports: bool):
         from pace_cli.training.loop import TrainLogger
 
-        self._quiet, self._run, self._hook = TrainLogger(), run, hook
+        self._quiet, self._run, self._hook, self._epoch_reports = TrainLogger(), run, hook, epoch_reports
 
     def step(self, record) -> None:
-        self._hook(self._run, record["step"])
+        if self._hook:
+            self._hook(self._run, record["step"])
+
+    def epoch(self, record) -> None:
+        if self._epoch_reports and "val_top1" in record:
+            from ray import tune
+
+            tune.report({"epoch": record["epoch"], "val_top1": record["val_top1"], "val_loss": record.get("val_loss")})
 
     def __getattr__(self, name):
         return getattr(self._quiet, name)
