@@ -1,7 +1,21 @@
-"""``--scheduler asha`` without Ray: its flags, its rungs, the checks against the sweep's recipes, its record on disk.
+"""``--scheduler asha``: successive halving of whole settings, judged at rungs on validation top-1.
 
-Everything here runs before Ray starts, so a flag that cannot work with the recipe fails in one
-line before any trial. The scheduler itself, which needs Ray Tune, is in :mod:`.ray_asha`.
+Why not Ray Tune's ``ASHAScheduler``: it judges each trial on its own result, but a sweep ranks a
+*setting* by the mean of its seeds, and a trial is one seed of one setting; stopping seeds one by
+one would leave settings half stopped and ranked on their luckiest seeds. A setting can only be
+judged once all its seeds reached the rung, and its seeds need not run together: with fewer trial
+slots than seeds, the first seeds would train to the end while they wait. Pausing them in a Tune
+scheduler does not free their slots (Tune 2.60 counts paused trials against
+``max_concurrent_trials``). So the Ray backend runs the grid rung by rung, each stage a Tune run
+of its own: every live run trains up to the rung epoch and stops there with its pace checkpoint
+(:class:`RungReached`), then :func:`halve` ranks the settings judged at that rung by their mean
+over seeds, keeps the top 1/R (at least one), and stops every seed of the others; the next stage
+resumes the kept runs from their checkpoints (bit for bit as if never stopped). The last stage
+trains the survivors to their last epoch. Rungs are ASHA's: epochs grace·R^k below the last.
+
+Everything here runs in the driver without Ray, and what cannot work with the recipe fails in
+one line before Ray starts. A stopped run keeps its folder (metrics, checkpoint) and gets
+``stopped.json``; no backend trains it again.
 """
 
 from __future__ import annotations
@@ -13,7 +27,7 @@ from typing import Sequence
 
 from pace_cli import files
 from pace_cli.errors import PaceError
-from pace_cli.files.layout import METRICS_FILE
+from pace_cli.files.layout import ADAPTER_FILE, METRICS_FILE
 from pace_cli.sweep.plan import PlannedRun
 
 SCHEDULERS = ("fifo", "asha")
@@ -64,8 +78,43 @@ def refuse_unusable(halving: Halving, runs: Sequence[PlannedRun]) -> None:
                             f"multiple of {train.eval_every}")
 
 
-def validation_by_epoch(run_dir: Path) -> dict[int, float]:
-    """Validation top-1 per evaluated epoch, from a run folder's metrics log (what an earlier sweep left)."""
+class RungReached(Exception):
+    """Raised by a trial's logger at the end of its rung epoch, after that epoch's checkpoint is saved."""
+
+
+def stages(halving: Halving, runs: Sequence[PlannedRun]) -> list[int]:
+    """Every rung epoch of the grid runs, in order (settings may differ in epochs)."""
+    return sorted({rung for run in runs if run.phase == "grid" for rung in halving.rungs(run.recipe)})
+
+
+def halve(rung: int, runs: Sequence[PlannedRun], halving: Halving, live: set[str]) -> dict[str, tuple[float, float]]:
+    """The settings to stop at ``rung``, each with its mean and the cut: of the ``live`` settings with this
+    rung, those with validation figures there are ranked like the sweep's ranking (mean top-1 over the
+    seeds that have one, then mean loss, then grid order) and all but the top 1/R (at least one) go.
+    A setting none of whose runs is left to train counts in the ranking but is not stopped."""
+    by_setting: dict[str, list[PlannedRun]] = {}
+    for run in runs:
+        if run.phase == "grid" and run.setting.name in live and rung in halving.rungs(run.recipe):
+            by_setting.setdefault(run.setting.name, []).append(run)
+    ranked = []
+    for name, members in by_setting.items():
+        figures = [f for f in (validation_by_epoch(run.run_dir).get(rung) for run in members) if f is not None]
+        if figures:
+            top1 = sum(f[0] for f in figures) / len(figures)
+            losses = [f[1] for f in figures if f[1] is not None]
+            loss = sum(losses) / len(losses) if losses else float("inf")
+            ranked.append((-round(top1, 9), round(loss, 9), members[0].setting.index, name, top1))
+    ranked.sort()
+    keep = max(1, len(ranked) // halving.reduction)
+    if len(ranked) <= keep:
+        return {}
+    cut = ranked[keep - 1][4]
+    return {name: (top1, cut) for *_, name, top1 in ranked[keep:]
+            if any(not (run.run_dir / ADAPTER_FILE).is_file() for run in by_setting[name])}
+
+
+def validation_by_epoch(run_dir: Path) -> dict[int, tuple[float, float | None]]:
+    """Validation top-1 and loss per evaluated epoch, from a run folder's metrics log."""
     path, out = run_dir / METRICS_FILE, {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -74,14 +123,14 @@ def validation_by_epoch(run_dir: Path) -> dict[int, float]:
             except ValueError:
                 continue  # a record torn by a crash
             if isinstance(record, dict) and record.get("type") == "epoch" and "val_top1" in record:
-                out[int(record["epoch"])] = float(record["val_top1"])
+                out[int(record["epoch"])] = (float(record["val_top1"]), record.get("val_loss"))
     return out
 
 
 def record_stopped(run: PlannedRun, *, epoch: int, mean: float, cut: float) -> None:
     """The run's folder says it was stopped, so that no backend trains it again."""
-    reason = (f"stopped by asha at epoch {epoch}: its setting's mean validation top-1 over seeds "
-              f"{100 * mean:.2f}% was below the rung's cut {100 * cut:.2f}%")
+    reason = (f"stopped by asha at epoch {epoch}: its setting's mean validation top-1 over seeds, "
+              f"{100 * mean:.2f}%, was not in the rung's top 1/R (the cut: {100 * cut:.2f}%)")
     files.write_text_atomic(run.run_dir / STOPPED_FILE, json.dumps(
         {"epoch": epoch, "setting_mean_val_top1": mean, "cut": cut, "reason": reason}, indent=2) + "\n")
 

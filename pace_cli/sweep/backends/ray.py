@@ -12,9 +12,10 @@ status ``failed`` with a one-line reason, and the other trials go on. A stop req
 the driver) sets a flag every trial checks at every training step: each saves its checkpoint
 and ends, trials not yet started do nothing, and the sweep ends with exit code 130.
 
-Early stopping (``scheduler="asha"``, opt-in): :mod:`.ray_asha` judges whole settings at the
-rungs and stops the weak ones; a stopped run is ``stopped`` (``stopped.json`` in its folder),
-never ranked, and not trained again by a rerun of either backend.
+Early stopping (``scheduler="asha"``, opt-in): the grid is trained rung by rung, one Tune run per
+stage, and :func:`~pace_cli.sweep.backends.asha.halve` stops whole settings between stages (why
+not Tune's ASHAScheduler: :mod:`.asha`); a stopped run is ``stopped`` (``stopped.json`` in its
+folder), never ranked, and not trained again by a rerun of either backend.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, LOCK_FILE
-from pace_cli.sweep.backends.asha import SCHEDULERS, Halving, refuse_unusable
+from pace_cli.sweep.backends.asha import SCHEDULERS, Halving, halve, record_stopped, refuse_unusable, stages
 from pace_cli.sweep.backends.base import (RunContext, refuse_another_recipe, saved_test_score, score, score_adapter,
                                           stopped_outcome)
 from pace_cli.sweep.backends.ray_trial import StopFlag, run_trial
@@ -152,15 +153,40 @@ class RayBackend:
         if context.stop.requested:
             raise TrainingInterrupted(f"sweep interrupted before its {len(trial_runs)} trials started; "
                                       "continue with the same command plus --resume", exit_code=context.stop.exit_code())
-        yield from self._trials(ray, trial_runs, context, [run for run in runs if run.phase == "grid"])
+        if self.halving is not None and all(run.phase == "grid" and run.job == "train" for run in runs):
+            yield from self._halving(ray, runs, trial_runs, context)  # the final runs have no validation
+        else:
+            yield from self._trials(ray, trial_runs, context)
+
+    def _halving(self, ray, grid: Sequence[PlannedRun], trial_runs: list[PlannedRun],
+                 context: RunContext) -> Iterator[RunOutcome]:
+        """``--scheduler asha``: each stage trains the live runs to a rung, then the weak settings are stopped."""
+        from pace_cli.sweep.backends.asha import validation_by_epoch
+
+        # complete settings are judged too (not stopped); settings an earlier sweep stopped are out
+        live = {run.setting.name for run in grid} - {run.setting.name for run in grid if stopped_outcome(run)}
+        for rung in [*stages(self.halving, trial_runs), None]:
+            todo = [run for run in trial_runs if run.setting.name in live and (rung is None or (
+                rung in self.halving.rungs(run.recipe) and rung not in validation_by_epoch(run.run_dir)))]
+            for outcome in self._trials(ray, todo, context, stop_at=rung) if todo else ():
+                trial_runs = [run for run in trial_runs if str(run.run_dir) != outcome.run_dir]  # failed for good
+                yield outcome
+            if rung is None:
+                return
+            for setting, (mean, cut) in halve(rung, grid, self.halving, live).items():
+                live.discard(setting)
+                for run in trial_runs:
+                    if run.setting.name == setting:
+                        record_stopped(run, epoch=rung, mean=mean, cut=cut)
+                        yield stopped_outcome(run)
 
     def _trials(self, ray, runs: list[PlannedRun], context: RunContext,
-                grid: list[PlannedRun]) -> Iterator[RunOutcome]:
+                stop_at: int | None = None) -> Iterator[RunOutcome]:
         from pace_cli.sweep.backends.ray_events import close_channel
 
         events: queue.Queue = queue.Queue()
         flag = ray.remote(num_cpus=0)(StopFlag).remote()
-        tuner = self._tuner(runs, events, flag, runs[0], grid)
+        tuner = self._tuner(runs, events, flag, runs[0], stop_at)
         fit = threading.Thread(target=_fit_into, args=(tuner, events), daemon=True, name="pace-ray-tune")
         interrupted = 0
         flagged = done = False
@@ -193,25 +219,20 @@ class RayBackend:
                 f"sweep interrupted: {interrupted} trials saved their checkpoints and stopped ({len(context.finished)} "
                 "runs done); continue with the same command plus --resume", exit_code=context.stop.exit_code())
 
-    def _tuner(self, runs: list[PlannedRun], events: queue.Queue, flag, first: PlannedRun, grid: list[PlannedRun]):
+    def _tuner(self, runs: list[PlannedRun], events: queue.Queue, flag, first: PlannedRun, stop_at: int | None):
         _, tune = import_ray()
         from pace_cli.sweep.backends.ray_events import forwarding_callback
 
-        scheduler = None
-        if self.halving is not None and all(run.phase == "grid" and run.job == "train" for run in runs):
-            from pace_cli.sweep.backends.ray_asha import SettingHalving
-
-            scheduler = SettingHalving(grid, runs, self.halving)  # the final runs have no validation to judge
         trainable = tune.with_parameters(run_trial, runs=runs, cpus=self.cpus, stop_flag=flag,
-                                         hook=self.trial_hook, cwd=os.getcwd(), epoch_reports=scheduler is not None)
+                                         hook=self.trial_hook, cwd=os.getcwd(), stop_at=stop_at)
+        stage = "" if stop_at is None else f"-to-epoch-{stop_at}"  # --scheduler asha: one Tune run per stage
         storage = (Path(first.run_dir).parents[1] / RAY_FOLDER).resolve()
         return tune.Tuner(
             tune.with_resources(trainable, {"cpu": self.cpus, "gpu": self.gpus}),
             param_space={"run": tune.grid_search(list(range(len(runs))))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent or 0, reuse_actors=True,
-                                        scheduler=scheduler),
+            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent or 0, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=f"{first.phase}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=0,
+                name=f"{first.phase}{stage}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 callbacks=[forwarding_callback(runs, events, self.trials)]))
 

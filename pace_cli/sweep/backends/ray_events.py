@@ -27,7 +27,6 @@ class ForwardTrialEnds(Callback):
 
     def __init__(self, key: int, runs: list[PlannedRun]):
         self.key, self.runs = key, runs
-        self.ended: set[str] = set()  # trials that reported their outcome (or their interruption)
 
     def _put(self, item, placement=None):
         events, placements = _CHANNELS[self.key]
@@ -39,22 +38,13 @@ class ForwardTrialEnds(Callback):
         if "outcome" not in result:
             return
         run = self.runs[trial.config["run"]]
-        self.ended.add(trial.trial_id)
+        if result["outcome"] == "rung":  # stopped at the stage's rung epoch (--scheduler asha): judged next
+            return
         if result["outcome"] == "interrupted":
             self._put(("interrupted", run))
             return
         outcome = RunOutcome(**json.loads(result["outcome"]))
         self._put(("outcome", outcome), {"run_dir": str(run.run_dir), **json.loads(result["placement"])})
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        """A trial that ends without its outcome was stopped by ``--scheduler asha``, which recorded it."""
-        from pace_cli.sweep.backends.base import stopped_outcome
-
-        if trial.trial_id in self.ended:
-            return
-        outcome = stopped_outcome(self.runs[trial.config["run"]])
-        if outcome is not None:
-            self._put(("outcome", outcome))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         release_lock(self.runs[trial.config["run"]])

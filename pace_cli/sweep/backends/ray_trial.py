@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE
+from pace_cli.sweep.backends.asha import RungReached
 from pace_cli.sweep.backends.base import score, score_adapter
 from pace_cli.sweep.plan import PlannedRun
 from pace_cli.sweep.rank import RunOutcome
@@ -36,9 +37,11 @@ class StopFlag:
         return self.requested
 
 
-def run_trial(config, *, runs, cpus, stop_flag, hook, cwd, epoch_reports=False):
-    """Tune's trainable: train (or score) ``runs[config["run"]]`` and report its outcome once (with
-    ``epoch_reports``, for an early-stopping scheduler, also each evaluated epoch's validation figures)."""
+def run_trial(config, *, runs, cpus, stop_flag, hook, cwd, stop_at=None):
+    """Tune's trainable: train (or score) ``runs[config["run"]]`` and report its outcome once.
+
+    ``stop_at`` (``--scheduler asha``): the epoch at whose end training stops with its checkpoint, for
+    the driver to judge the settings there; the trial then reports ``"rung"``."""
     import ray
     import torch
     from ray import tune
@@ -55,9 +58,12 @@ def run_trial(config, *, runs, cpus, stop_flag, hook, cwd, epoch_reports=False):
     watcher = threading.Thread(target=_watch, args=(stop_flag, stop), daemon=True)
     watcher.start()
     try:
-        outcome = None if ray.get(stop_flag.get.remote()) else _do(run, cpus, stop, hook, epoch_reports)
+        outcome = None if ray.get(stop_flag.get.remote()) else _do(run, cpus, stop, hook, stop_at)
     except TrainingInterrupted:
         outcome = None
+    except RungReached:
+        tune.report({"outcome": "rung"})
+        return
     finally:
         stop.request()  # ends the watcher
     if outcome is None:  # stopped by the sweep: the checkpoint is saved, a rerun continues
@@ -81,7 +87,7 @@ def _watch(stop_flag, stop: StopRequest) -> None:
         time.sleep(_POLL_S)
 
 
-def _do(run: PlannedRun, cpus: int, stop: StopRequest, hook, epoch_reports: bool) -> RunOutcome:
+def _do(run: PlannedRun, cpus: int, stop: StopRequest, hook, stop_at: int | None) -> RunOutcome:
     if run.job == "score":
         return score_adapter(run)
     from pace_cli.training.loop import TrainLogger, train
@@ -90,7 +96,7 @@ def _do(run: PlannedRun, cpus: int, stop: StopRequest, hook, epoch_reports: bool
     status = "trained"
     if not adapter.is_file():  # else: a retry of a trial that trained and then failed while scoring
         resume = (run.run_dir / CHECKPOINT_FILE).is_file()  # --resume was checked by the driver; a retry resumes
-        logger = _TrialLogger(run, hook, epoch_reports) if hook or epoch_reports else TrainLogger()
+        logger = _TrialLogger(run, hook, stop_at) if hook or stop_at else TrainLogger()
         train(with_workers_capped(run.recipe, cpus), output_dir=run.run_dir, logger=logger, resume=resume, stop=stop)
         status = "resumed" if resume else "trained"
     outcome = RunOutcome.of(run, status)
@@ -109,23 +115,21 @@ def with_workers_capped(recipe, cpus: int):
 
 
 class _TrialLogger:
-    """A silent TrainLogger that calls the test's hook after every step and, for an early-stopping
-    scheduler, reports each evaluated epoch to Tune (whose scheduler may pause or stop the trial there)."""
+    """A silent TrainLogger that calls the test's hook after every step and ends training at the end of
+    epoch ``stop_at`` (training saved that epoch's checkpoint before telling the logger)."""
 
-    def __init__(self, run: PlannedRun, hook, epoch_reports: bool):
+    def __init__(self, run: PlannedRun, hook, stop_at: int | None):
         from pace_cli.training.loop import TrainLogger
 
-        self._quiet, self._run, self._hook, self._epoch_reports = TrainLogger(), run, hook, epoch_reports
+        self._quiet, self._run, self._hook, self._stop_at = TrainLogger(), run, hook, stop_at
 
     def step(self, record) -> None:
         if self._hook:
             self._hook(self._run, record["step"])
 
     def epoch(self, record) -> None:
-        if self._epoch_reports and "val_top1" in record:
-            from ray import tune
-
-            tune.report({"epoch": record["epoch"], "val_top1": record["val_top1"], "val_loss": record.get("val_loss")})
+        if record["epoch"] == self._stop_at:
+            raise RungReached(f"epoch {self._stop_at}")
 
     def __getattr__(self, name):
         return getattr(self._quiet, name)
