@@ -74,8 +74,8 @@ def refuse_unusable(halving: Halving, runs: Sequence[PlannedRun]) -> None:
                             "no run would ever be stopped; use a smaller --grace-epochs or drop --scheduler asha")
         if grace % train.eval_every:
             raise PaceError(f"--grace-epochs {grace} is not an evaluated epoch: [train] eval_every = "
-                            f"{train.eval_every} ({where}) evaluates every {train.eval_every}th epoch; use a "
-                            f"multiple of {train.eval_every}")
+                            f"{train.eval_every} ({where}) evaluates epochs {train.eval_every}, {2 * train.eval_every}, "
+                            f"…; use a multiple of {train.eval_every}")
 
 
 class RungReached(Exception):
