@@ -60,3 +60,71 @@ def test_halving_keeps_the_top_half_by_seed_mean_then_loss_and_never_stops_a_com
     # R = 3 keeps max(1, 4 // 3) = 1; a setting already out (not live) takes no place
     assert sorted(halve(2, plan.runs, Halving(2, 3), live - {"lambda-0.2"})) == ["lambda-0.1"]
     assert halve(4, plan.runs, Halving(2, 2), live) == {}  # no figures at epoch 4: nothing judged
+
+
+# The Ray backend's stages, with the Tune runs replaced by a fake that "trains" a run by writing its
+# metrics (each setting's top-1 is fixed: lambda's index / 10 + epoch / 100), so the stage logic is
+# tested without Ray's start-up: which runs each stage trains, and that a rerun after an interruption
+# takes the decisions of an uninterrupted sweep.
+LAMBDAS = "0.01,0.02,0.05,0.1,0.2,0.5,1,2,5"
+
+
+class FakeStages:
+    def __init__(self, interrupt_at=-1):
+        self.stages, self.interrupt_at = [], interrupt_at
+
+    def __call__(self, ray, runs, context, stop_at=None):
+        from pace_cli.sweep.rank import RunOutcome
+        from pace_cli.training.stop import TrainingInterrupted
+
+        self.stages.append((stop_at, sorted(run.setting.name for run in runs)))
+        if stop_at == self.interrupt_at:
+            raise TrainingInterrupted("interrupted", exit_code=130)
+        for run in runs:
+            last = stop_at or run.recipe.train.epochs
+            _write(run, {e: (run.setting.index / 10 + e / 100, 1.0) for e in range(2, last + 1, 2)},
+                   finished=stop_at is None)
+            if stop_at is None:
+                yield RunOutcome.of(run, "trained")
+
+
+def _stage_sweep(tmp_path, fake):
+    pytest.importorskip("ray")
+    from pace_cli.sweep.backends.base import RunContext, SweepLogger
+    from pace_cli.sweep.backends.ray import RayBackend
+    from pace_cli.training.stop import StopRequest
+
+    plan = plan_sweep(_recipe(tmp_path), tmp_path / "sweep", grid=[f"pace.lambda={LAMBDAS}"], seeds=[0])
+    backend = RayBackend(scheduler="asha", grace_epochs=2, reduction_factor=3)
+    backend._trials = fake
+    todo = [run for run in plan.runs if not (run.run_dir / "stopped.json").exists()
+            and not (run.run_dir / "adapter.safetensors").exists()]
+    context = RunContext(resume=True, logger=SweepLogger(), stop=StopRequest(), total=len(plan.runs), finished=[])
+    return plan, list(backend._halving(None, plan.runs, todo, context))
+
+
+def _recipe(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    return recipe
+
+
+def test_stages_train_survivors_only_and_a_rerun_after_an_interruption_decides_the_same(tmp_path):
+    names = [f"lambda-{v}" for v in LAMBDAS.split(",")]  # rungs 2 and 6 of 12 epochs; R = 3
+    fake = FakeStages()
+    plan, outcomes = _stage_sweep(tmp_path / "whole", fake)
+    assert fake.stages == [(2, sorted(names)), (6, sorted(names[-3:])), (None, [names[-1]])]
+    stopped = {o.setting for o in outcomes if o.status == "stopped"}
+    assert stopped == set(names[:-1]) and [o.setting for o in outcomes if o.status == "trained"] == [names[-1]]
+    epochs = {o.setting: json.loads((Path(o.run_dir) / "stopped.json").read_text())["epoch"]
+              for o in outcomes if o.status == "stopped"}
+    assert epochs == {**{n: 2 for n in names[:-3]}, **{n: 6 for n in names[-3:-1]}}
+
+    with pytest.raises(Exception, match="interrupted"):  # Ctrl-C in the second stage
+        _stage_sweep(tmp_path / "again", FakeStages(interrupt_at=6))
+    fake = FakeStages()
+    _, rerun = _stage_sweep(tmp_path / "again", fake)
+    assert fake.stages == [(6, sorted(names[-3:])), (None, [names[-1]])]  # nothing trained twice
+    assert {o.setting for o in rerun if o.status == "stopped"} == set(names[-3:-1])  # not one more
+    assert [o.setting for o in rerun if o.status == "trained"] == [names[-1]]

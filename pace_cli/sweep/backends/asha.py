@@ -135,12 +135,24 @@ def record_stopped(run: PlannedRun, *, epoch: int, mean: float, cut: float) -> N
         {"epoch": epoch, "setting_mean_val_top1": mean, "cut": cut, "reason": reason}, indent=2) + "\n")
 
 
-def stopped_reason(run: PlannedRun) -> str | None:
-    """Why the run was stopped early (its stopped.json), or None when it was not."""
+def _stopped_record(run: PlannedRun) -> dict | None:
     path = run.run_dir / STOPPED_FILE
     if not path.is_file():
         return None
     try:
-        return str(json.loads(path.read_text()).get("reason", "stopped by asha"))
+        record = json.loads(path.read_text())
     except ValueError:
-        return "stopped by asha"
+        record = None  # written atomically, so only a hand edit gets here
+    return record if isinstance(record, dict) else {}
+
+
+def stopped_reason(run: PlannedRun) -> str | None:
+    """Why the run was stopped early (its stopped.json), or None when it was not."""
+    record = _stopped_record(run)
+    return None if record is None else str(record.get("reason", "stopped by asha"))
+
+
+def stopped_epoch(run: PlannedRun) -> int | None:
+    """The rung at which the run was stopped, or None when it was not (0 when stopped.json says no epoch)."""
+    record = _stopped_record(run)
+    return None if record is None else int(record.get("epoch", 0))

@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, LOCK_FILE
-from pace_cli.sweep.backends.asha import SCHEDULERS, Halving, halve, record_stopped, refuse_unusable, stages
+from pace_cli.sweep.backends.asha import (SCHEDULERS, Halving, halve, record_stopped, refuse_unusable, stages,
+                                          stopped_epoch, validation_by_epoch)
 from pace_cli.sweep.backends.base import (RunContext, refuse_another_recipe, saved_test_score, score, score_adapter,
                                           stopped_outcome)
 from pace_cli.sweep.backends.ray_trial import StopFlag, run_trial
@@ -161,20 +162,22 @@ class RayBackend:
     def _halving(self, ray, grid: Sequence[PlannedRun], trial_runs: list[PlannedRun],
                  context: RunContext) -> Iterator[RunOutcome]:
         """``--scheduler asha``: each stage trains the live runs to a rung, then the weak settings are stopped."""
-        from pace_cli.sweep.backends.asha import validation_by_epoch
-
-        # complete settings are judged too (not stopped); settings an earlier sweep stopped are out
-        live = {run.setting.name for run in grid} - {run.setting.name for run in grid if stopped_outcome(run)}
-        for rung in [*stages(self.halving, trial_runs), None]:
-            todo = [run for run in trial_runs if run.setting.name in live and (rung is None or (
+        # A rung ranks every setting that reached it: complete ones (never stopped), and on a rerun those
+        # stopped there or later, so that a rerun takes the decisions an uninterrupted sweep took.
+        stopped_at = {run.setting.name: epoch for run in grid if (epoch := stopped_epoch(run)) is not None}
+        for rung in [*stages(self.halving, grid), None]:
+            todo = [run for run in trial_runs if run.setting.name not in stopped_at and (rung is None or (
                 rung in self.halving.rungs(run.recipe) and rung not in validation_by_epoch(run.run_dir)))]
             for outcome in self._trials(ray, todo, context, stop_at=rung) if todo else ():
                 trial_runs = [run for run in trial_runs if str(run.run_dir) != outcome.run_dir]  # failed for good
                 yield outcome
             if rung is None:
                 return
-            for setting, (mean, cut) in halve(rung, grid, self.halving, live).items():
-                live.discard(setting)
+            reached = {run.setting.name for run in grid if stopped_at.get(run.setting.name, rung) >= rung}
+            for setting, (mean, cut) in halve(rung, grid, self.halving, reached).items():
+                if setting in stopped_at:
+                    continue
+                stopped_at[setting] = rung
                 for run in trial_runs:
                     if run.setting.name == setting:
                         record_stopped(run, epoch=rung, mean=mean, cut=cut)
