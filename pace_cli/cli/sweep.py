@@ -137,6 +137,8 @@ class RichSweepLogger:
                  else f"test top-1 {_percent(outcome.test_top1)}")
         if outcome.status == "failed":
             score = outcome.reason
+        elif outcome.status == "stopped":
+            score = f"{score}; {outcome.reason}"
         self.progress.console.print(f"{outcome.status:8} {outcome.phase} {outcome.setting} seed {outcome.seed}: "
                                     f"{score} ({outcome.seconds:.1f}s)", soft_wrap=True, highlight=False)
         self.progress.advance(self.task)
@@ -157,6 +159,10 @@ def render_sweep(result) -> None:
                       f"{100 * score.val_top1_mean:.2f} ± {100 * score.val_top1_std:.2f}", f"{score.val_loss_mean:.4f}",
                       style="bold green" if score.rank == 1 else None)
     console.print(table)
+    stopped = sorted({o.setting for o in result.runs if o.status == "stopped"})
+    if stopped:
+        console.print(f"{len(stopped)} settings stopped early by --scheduler asha, not ranked: {', '.join(stopped)}",
+                      soft_wrap=True, highlight=False)
     finals = result.final_runs
     if not finals:
         return
