@@ -39,6 +39,21 @@ def sweep(
                                                           "per trial (torch's thread count; caps num_workers = auto).")] = None,
     max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="With --backend ray: at most "
                                                           "this many trials at once (default: as many as fit).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="With --backend ray: fifo (default) trains "
+                                                     "the full grid, the paper's protocol; asha stops weak settings "
+                                                     "early: at each rung (epochs G, G·R, G·R², …) a setting whose "
+                                                     "mean validation top-1 over its seeds is not in the top 1/R of "
+                                                     "the settings judged there is stopped, all its seeds. Fewer "
+                                                     "epochs, but no longer the paper's protocol: a setting that "
+                                                     "starts slowly may be stopped before it would have won. "
+                                                     "Stopped runs are 'stopped' in sweep.csv, never ranked or "
+                                                     "chosen, and not trained again by a rerun.")] = None,
+    grace_epochs: Annotated[Optional[int], typer.Option("--grace-epochs", metavar="G", help="With --scheduler asha: "
+                                                        "the first rung's epoch, an evaluated one (default: the "
+                                                        "recipe's \\[train] eval_every).")] = None,
+    reduction_factor: Annotated[Optional[int], typer.Option("--reduction-factor", metavar="R", help="With "
+                                                            "--scheduler asha: each rung keeps the top 1/R of the "
+                                                            "settings; rungs at G·R^k (default 3).")] = None,
 ):
     """Train a grid of settings over seeds, rank them by mean validation top-1, optionally score the best on test.
 
@@ -52,7 +67,8 @@ def sweep(
     from pace_cli.sweep import parse_seeds, plan_sweep, run_sweep
 
     runner = _backend(backend, address=address, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
-                      max_concurrent=max_concurrent)
+                      max_concurrent=max_concurrent, scheduler=scheduler, grace_epochs=grace_epochs,
+                      reduction_factor=reduction_factor)
     plan = plan_sweep(recipe, output_dir, grid=grid or (), seeds=parse_seeds(seeds), overrides=set_ or (),
                       final=final)
     speaks = is_rank_zero()  # under torchrun every rank trains; rank 0 reports
@@ -121,6 +137,8 @@ class RichSweepLogger:
                  else f"test top-1 {_percent(outcome.test_top1)}")
         if outcome.status == "failed":
             score = outcome.reason
+        elif outcome.status == "stopped":
+            score = f"{score}; {outcome.reason}"
         self.progress.console.print(f"{outcome.status:8} {outcome.phase} {outcome.setting} seed {outcome.seed}: "
                                     f"{score} ({outcome.seconds:.1f}s)", soft_wrap=True, highlight=False)
         self.progress.advance(self.task)
@@ -141,6 +159,10 @@ def render_sweep(result) -> None:
                       f"{100 * score.val_top1_mean:.2f} ± {100 * score.val_top1_std:.2f}", f"{score.val_loss_mean:.4f}",
                       style="bold green" if score.rank == 1 else None)
     console.print(table)
+    stopped = sorted({o.setting for o in result.runs if o.status == "stopped"})
+    if stopped:
+        console.print(f"{len(stopped)} settings stopped early by --scheduler asha, not ranked: {', '.join(stopped)}",
+                      soft_wrap=True, highlight=False)
     finals = result.final_runs
     if not finals:
         return

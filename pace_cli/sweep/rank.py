@@ -21,7 +21,8 @@ class RunOutcome:
     values: dict[str, Any]
     seed: int
     run_dir: str
-    status: str  # trained, resumed, scored (a grid run's adapter, on test), skipped (already complete), failed
+    status: str  # trained, resumed, scored (a grid run's adapter, on test), skipped (already complete), failed,
+    # stopped (early, by --scheduler asha: never ranked)
     val_top1: float | None = None
     val_loss: float | None = None
     test_top1: float | None = None
@@ -54,10 +55,15 @@ def rank_settings(settings: Sequence[Setting], outcomes: Sequence[RunOutcome]) -
 
     Top-1 on a few hundred images ties often; the loss says which setting is more confident in
     the right answers. Means are compared after rounding to 1e-9 so that float summation order
-    cannot break a real tie. Settings without a finished grid run are left out.
+    cannot break a real tie. Settings without a finished grid run are left out, and so is a setting
+    early stopping stopped (any of its runs ``stopped``): its figures are from an earlier epoch than
+    the others', and it is stopped whole.
     """
     scores = []
+    stopped = {o.setting for o in outcomes if o.phase == "grid" and o.status == "stopped"}
     for setting in settings:
+        if setting.name in stopped:
+            continue
         done = [o for o in outcomes if o.phase == "grid" and o.setting == setting.name and o.val_top1 is not None]
         if not done:
             continue

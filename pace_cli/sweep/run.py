@@ -36,8 +36,8 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
     The writer holds the sweep folder's lock throughout, so a second sweep into it is refused.
     ``backend`` runs the runs: a backend object, or the name of a registered one
     (:data:`~pace_cli.sweep.backends.registry.BACKENDS`); the default, ``sequential``, trains them
-    one after another in this process. A backend's optional ``prepare()`` runs before the sweep
-    folder is locked.
+    one after another in this process. A backend's optional ``check_plan(plan)`` and then
+    ``prepare()`` run before the sweep folder is locked.
     """
     from pace_cli.files.lock import output_lock
     from pace_cli.sweep.backends.registry import backend_named
@@ -45,6 +45,9 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, logger: SweepLogger | No
 
     if isinstance(backend, str):
         backend = backend_named(backend)  # an unknown name fails here, before the folder is locked
+    check = getattr(backend, "check_plan", None)
+    if check is not None:  # what the backend's options cannot do with this plan, before it starts anything
+        check(plan)
     check_trackers_installed(plan.runs[0].recipe.log.trackers)  # every trial's, before any starts
     prepare = getattr(backend, "prepare", None)
     if prepare is not None:  # e.g. joining a cluster: what fails there fails before the folder is touched

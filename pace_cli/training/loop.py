@@ -358,8 +358,9 @@ class _Epochs:
                 sharded=run.world.distributed) if run.recipe.train.val_grad_norm else None
             record.update(validation_fields(self.val_result, grad_norm=grad_norm))
         self._log(record)
-        self.progress.epoch(record)
+        # saved before the logger hears of the epoch: a sweep scheduler may pause or stop the run there
         self._save(Position(self.step, epoch + 1, 0), {}, run.loader.generator.get_state())
+        self.progress.epoch(record)
 
     def _save(self, next_position: Position, sums: dict[str, float], generator_state) -> None:
         run = self.run

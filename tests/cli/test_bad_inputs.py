@@ -268,6 +268,53 @@ def case_sweep_folder_in_use(tmp):
     return ["sweep", str(recipe(tmp)), "--grid", "pace.sigma=0.5", "-o", str(tmp / "sweep")], "in use"
 
 
+def asha_sweep(tmp, *flags: str) -> list[str]:
+    """`pace sweep --scheduler asha` of the base recipe (one epoch, evaluated every epoch) with ``flags``."""
+    pytest.importorskip("ray")  # the flags are checked by the Ray backend, before Ray starts
+    return ["sweep", str(recipe(tmp)), "--grid", "pace.sigma=0.5,1", "-o", str(tmp / "sweep"), *flags]
+
+
+def case_sweep_asha_with_the_sequential_backend(tmp):
+    return (["sweep", str(recipe(tmp)), "--grid", "pace.sigma=0.5", "-o", str(tmp / "sweep"), "--scheduler", "asha"],
+            "--scheduler is a --backend ray option; add --backend ray")
+
+
+def case_sweep_asha_grace_epochs_below_one(tmp):
+    return (asha_sweep(tmp, "--backend", "ray", "--scheduler", "asha", "--grace-epochs", "0", "--set", "train.epochs=4"),
+            "--grace-epochs 0 must be >= 1")
+
+
+def case_sweep_asha_reduction_factor_below_two(tmp):
+    return (asha_sweep(tmp, "--backend", "ray", "--scheduler", "asha", "--reduction-factor", "1"),
+            "--reduction-factor 1 must be >= 2")
+
+
+def case_sweep_asha_grace_epochs_beyond_the_recipe(tmp):
+    return (asha_sweep(tmp, "--backend", "ray", "--scheduler", "asha", "--grace-epochs", "4", "--set", "train.epochs=4"),
+            "--grace-epochs 4 is not below [train] epochs = 4")
+
+
+def case_sweep_asha_rung_not_evaluated(tmp):
+    return (asha_sweep(tmp, "--backend", "ray", "--scheduler", "asha", "--grace-epochs", "3", "--set", "train.epochs=8",
+                       "--set", "train.eval_every=2"),
+            "--grace-epochs 3 is not an evaluated epoch: [train] eval_every = 2")
+
+
+def case_sweep_asha_setting_without_validation(tmp):
+    flags = ["--backend", "ray", "--scheduler", "asha", "--set", "train.epochs=4"]
+    return (["sweep", str(recipe(tmp)), "--grid", 'data.val_split="val",""', "-o", str(tmp / "sweep"), *flags],
+            "--scheduler asha judges settings on validation top-1, but setting val_split-_ has no [data] val_split")
+
+
+def case_sweep_asha_option_without_asha(tmp):
+    return (asha_sweep(tmp, "--backend", "ray", "--reduction-factor", "2"),
+            "--reduction-factor is a --scheduler asha option")
+
+
+def case_sweep_unknown_scheduler(tmp):
+    return asha_sweep(tmp, "--backend", "ray", "--scheduler", "hyperband"), "unknown --scheduler 'hyperband'"
+
+
 def case_disk_full_drawing_a_report(tmp):
     pytest.importorskip("matplotlib")
     assert runner.invoke(app, train_args(tmp, recipe(tmp))).exit_code == 0

@@ -201,3 +201,58 @@ def test_a_sweep_folder_a_node_cannot_see_is_one_line(cluster, tmp_path):
     with pytest.raises(PaceError, match="the sweep folder '.*elsewhere' is not visible on .*; put the sweep folder"):
         refuse_unshared_folder(ray, tmp_path / "elsewhere", every_node=True)
 
+
+
+# --scheduler asha on a grid whose settings differ clearly at the rung: the quick start at 4 epochs,
+# evaluated every 2, with a working learning rate and one too small to move (8-shot digits: about
+# 53% against 12.5% validation top-1 at epoch 2). Rungs: [2]. Every run trains to epoch 2 and stops
+# there; the kept setting's runs then resume from their checkpoints.
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
+ASHA_OVERRIDES = ["train.epochs=4", "train.eval_every=2", "optim.warmup_epochs=0"]
+ASHA_GRID = ["optim.lr=5e-3,1e-7"]
+
+
+def _asha_plan(folder: Path):
+    return plan_sweep(QUICKSTART, folder, grid=ASHA_GRID, seeds=SEEDS, overrides=ASHA_OVERRIDES)
+
+
+def test_asha_stops_the_setting_that_is_worst_at_the_rung_whole_and_a_rerun_keeps_it_stopped(cluster, tmp_path):
+    backend = RayBackend(scheduler="asha")
+    result = run_sweep(_asha_plan(tmp_path / "sweep"), backend=backend)
+    good, bad = (setting.name for setting in _asha_plan(tmp_path / "sweep").settings)
+    runs = {(o.setting, o.seed): o for o in result.runs}
+    for seed in SEEDS:
+        stopped, kept = runs[(bad, seed)], runs[(good, seed)]
+        assert stopped.status == "stopped" and stopped.reason.startswith("stopped by asha at epoch 2")
+        folder = Path(stopped.run_dir)
+        assert (folder / "stopped.json").is_file() and not (folder / "adapter.safetensors").exists()
+        epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line)["type"] == "epoch"]
+        assert epochs == [1, 2]  # not one epoch past the rung
+        assert stopped.val_top1 is not None and stopped.val_top1 < kept.val_top1 - 0.2
+        assert kept.status == "resumed" and (Path(kept.run_dir) / "adapter.safetensors").is_file()
+    assert [s.setting for s in result.ranking] == [good] and result.best.setting == good
+    table = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert sorted(r["status"] for r in table["runs"] if r["setting"] == bad) == ["stopped", "stopped"]
+    assert table["best"]["setting"] == good
+    csv_rows = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
+    assert sum(",stopped," in row for row in csv_rows) == 2
+    # the kept setting's first seed, stopped at the rung and resumed: the same adapter as one run straight
+    straight = tmp_path / "straight"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_sweep(plan_sweep(QUICKSTART, straight, grid=["optim.lr=5e-3"], seeds=[SEEDS[0]],
+                             overrides=ASHA_OVERRIDES))
+    finally:
+        torch.set_num_threads(threads)
+    name = Path(runs[(good, SEEDS[0])].run_dir).name
+    paused = load_file(tmp_path / "sweep" / "runs" / name / "adapter.safetensors")
+    assert all(torch.equal(paused[k], v) for k, v in load_file(straight / "runs" / name / "adapter.safetensors").items())
+    # a rerun, with either backend, --resume or not, trains nothing: the stopped runs stay stopped
+    again = RayBackend(scheduler="asha")
+    rerun = run_sweep(_asha_plan(tmp_path / "sweep"), backend=again, resume=True)
+    assert again.trials == [] and {o.status for o in rerun.runs if o.setting == bad} == {"stopped"}
+    sequential = run_sweep(_asha_plan(tmp_path / "sweep"))
+    assert {(o.setting, o.status) for o in sequential.runs} == {(good, "skipped"), (bad, "stopped")}
+    assert sequential.best.setting == good

@@ -44,8 +44,10 @@ def test_a_ray_flag_without_the_ray_backend_is_refused(tmp_path):
 
 def test_the_help_names_the_backend_flags():
     text = CliRunner().invoke(app, ["sweep", "--help"], terminal_width=200).output
-    for flag in ("--backend", "--address", "--gpus-per-trial", "--cpus-per-trial", "--max-concurrent"):
+    for flag in ("--backend", "--address", "--gpus-per-trial", "--cpus-per-trial", "--max-concurrent", "--scheduler",
+                 "--grace-epochs", "--reduction-factor"):
         assert flag in text
+    assert "no longer the paper's protocol" in " ".join(text.replace("│", " ").split())
 
 
 def test_ctrl_c_stops_a_ray_sweep_with_130_and_the_rerun_completes_it(tmp_path):

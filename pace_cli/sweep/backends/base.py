@@ -16,6 +16,7 @@ from pace_cli import files
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import ADAPTER_FILE, METRICS_FILE, RECIPE_FILE, TEST_FILE
 from pace_cli.recipe import parse_recipe, recipe_to_dict
+from pace_cli.sweep.backends.asha import stopped_reason
 from pace_cli.sweep.plan import PlannedRun
 from pace_cli.sweep.rank import RunOutcome
 from pace_cli.sweep.tables import writes_files
@@ -87,6 +88,18 @@ def score(run: PlannedRun, outcome: RunOutcome, adapter: Path) -> None:
         outcome.val_top1, outcome.val_loss = last_validation(run.run_dir / METRICS_FILE)
     else:
         outcome.test_top1, outcome.test_loss = _test_score(run, adapter)
+
+
+def stopped_outcome(run: PlannedRun) -> RunOutcome | None:
+    """A grid run an earlier ``--scheduler asha`` sweep stopped early (status ``stopped``, its last
+    validation figures), or None: such a run is not trained again, by either backend."""
+    reason = stopped_reason(run) if run.phase == "grid" and run.job == "train" else None
+    if reason is None:
+        return None
+    outcome = RunOutcome.of(run, "stopped")
+    outcome.val_top1, outcome.val_loss = last_validation(run.run_dir / METRICS_FILE)
+    outcome.reason = reason
+    return outcome
 
 
 def last_validation(metrics_path: Path) -> tuple[float | None, float | None]:

@@ -11,6 +11,11 @@ folder (it knows that worker is gone, even on another host). A second failure gi
 status ``failed`` with a one-line reason, and the other trials go on. A stop request (Ctrl-C in
 the driver) sets a flag every trial checks at every training step: each saves its checkpoint
 and ends, trials not yet started do nothing, and the sweep ends with exit code 130.
+
+Early stopping (``scheduler="asha"``, opt-in): the grid is trained rung by rung, one Tune run per
+stage, and :func:`~pace_cli.sweep.backends.asha.halve` stops whole settings between stages (why
+not Tune's ASHAScheduler: :mod:`.asha`); a stopped run is ``stopped`` (``stopped.json`` in its
+folder), never ranked, and not trained again by a rerun of either backend.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, LOCK_FILE
-from pace_cli.sweep.backends.base import RunContext, refuse_another_recipe, saved_test_score, score, score_adapter
+from pace_cli.sweep.backends.asha import (SCHEDULERS, Halving, halve, record_stopped, refuse_unusable, stages,
+                                          stopped_epoch, validation_by_epoch)
+from pace_cli.sweep.backends.base import (RunContext, refuse_another_recipe, saved_test_score, score, score_adapter,
+                                          stopped_outcome)
 from pace_cli.sweep.backends.ray_trial import StopFlag, run_trial
 from pace_cli.sweep.plan import PlannedRun
 from pace_cli.sweep.rank import RunOutcome
@@ -55,10 +63,13 @@ class RayBackend:
     process already joined), ``"auto"`` joins a running one, ``HOST:PORT`` the one there.
     ``trial_hook(run, step)``, when given, is called in the trial after every training step
     (fault-injection in tests). ``trials`` records, per trial that ended, where it ran.
+    ``scheduler``: ``"fifo"`` trains the full grid; ``"asha"`` stops weak settings early
+    (``grace_epochs``, ``reduction_factor``: :class:`~pace_cli.sweep.backends.asha.Halving`).
     """
 
     def __init__(self, *, address: str | None = None, gpus_per_trial: float = 0.0, cpus_per_trial: int = 1,
-                 max_concurrent: int | None = None, trial_hook: Callable[[PlannedRun, int], None] | None = None):
+                 max_concurrent: int | None = None, scheduler: str = "fifo", grace_epochs: int | None = None,
+                 reduction_factor: int | None = None, trial_hook: Callable[[PlannedRun, int], None] | None = None):
         if not (isinstance(cpus_per_trial, int) and cpus_per_trial >= 1):
             raise PaceError(f"--cpus-per-trial {cpus_per_trial} must be a whole number >= 1")
         if not gpus_per_trial >= 0 or (gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial)):
@@ -66,6 +77,7 @@ class RayBackend:
                             "(e.g. 0.25 packs four trials on a GPU, 2 gives a trial two GPUs)")
         if max_concurrent is not None and max_concurrent < 1:
             raise PaceError(f"--max-concurrent {max_concurrent} must be >= 1")
+        self.halving = _halving(scheduler, grace_epochs, reduction_factor)
         import_ray()  # a missing extra is one line before the sweep folder is touched
         self.address, self.gpus, self.cpus = address, float(gpus_per_trial), cpus_per_trial
         self.max_concurrent, self.trial_hook = max_concurrent, trial_hook
@@ -73,6 +85,11 @@ class RayBackend:
         self._ray = None
 
     # ------------------------------------------------------------ checks before any trial
+
+    def check_plan(self, plan) -> None:
+        """What the recipe makes impossible for the scheduler, in one line before Ray starts."""
+        if self.halving is not None:
+            refuse_unusable(self.halving, plan.runs)
 
     def prepare(self):
         """Join (or start) the cluster and check it can place a trial; every refusal is one line."""
@@ -115,14 +132,17 @@ class RayBackend:
     def run(self, runs: Sequence[PlannedRun], context: RunContext) -> Iterator[RunOutcome]:
         ray = self.prepare()
         trial_runs = []
+        stopped = {run.run_dir: stopped_outcome(run) for run in runs}
         for run in runs:  # the refusals of a sequential sweep, before any trial starts
-            if run.job == "train" and not (run.run_dir / ADAPTER_FILE).is_file() \
+            if run.job == "train" and stopped[run.run_dir] is None and not (run.run_dir / ADAPTER_FILE).is_file() \
                     and (run.run_dir / CHECKPOINT_FILE).is_file() and not context.resume:
                 raise PaceError(f"run '{run.run_dir}' was interrupted; add --resume to continue it from its "
                                 "checkpoint (or delete the folder to start it over)")
         for run in runs:
             adapter = run.run_dir / ADAPTER_FILE
-            if run.job == "train" and adapter.is_file():
+            if stopped[run.run_dir] is not None:
+                yield stopped[run.run_dir]  # stopped early by an earlier asha sweep: not trained again
+            elif run.job == "train" and adapter.is_file():
                 yield _reused(run)
             elif run.job == "score" and adapter.is_file() and saved_test_score(run, adapter) is not None:
                 yield score_adapter(run)  # its saved score, read back
@@ -134,14 +154,42 @@ class RayBackend:
         if context.stop.requested:
             raise TrainingInterrupted(f"sweep interrupted before its {len(trial_runs)} trials started; "
                                       "continue with the same command plus --resume", exit_code=context.stop.exit_code())
-        yield from self._trials(ray, trial_runs, context)
+        if self.halving is not None and all(run.phase == "grid" and run.job == "train" for run in runs):
+            yield from self._halving(ray, runs, trial_runs, context)  # the final runs have no validation
+        else:
+            yield from self._trials(ray, trial_runs, context)
 
-    def _trials(self, ray, runs: list[PlannedRun], context: RunContext) -> Iterator[RunOutcome]:
+    def _halving(self, ray, grid: Sequence[PlannedRun], trial_runs: list[PlannedRun],
+                 context: RunContext) -> Iterator[RunOutcome]:
+        """``--scheduler asha``: each stage trains the live runs to a rung, then the weak settings are stopped."""
+        # A rung ranks every setting that reached it: complete ones (never stopped), and on a rerun those
+        # stopped there or later, so that a rerun takes the decisions an uninterrupted sweep took.
+        stopped_at = {run.setting.name: epoch for run in grid if (epoch := stopped_epoch(run)) is not None}
+        for rung in [*stages(self.halving, grid), None]:
+            todo = [run for run in trial_runs if run.setting.name not in stopped_at and (rung is None or (
+                rung in self.halving.rungs(run.recipe) and rung not in validation_by_epoch(run.run_dir)))]
+            for outcome in self._trials(ray, todo, context, stop_at=rung) if todo else ():
+                trial_runs = [run for run in trial_runs if str(run.run_dir) != outcome.run_dir]  # failed for good
+                yield outcome
+            if rung is None:
+                return
+            reached = {run.setting.name for run in grid if stopped_at.get(run.setting.name, rung) >= rung}
+            for setting, (mean, cut) in halve(rung, grid, self.halving, reached).items():
+                if setting in stopped_at:
+                    continue
+                stopped_at[setting] = rung
+                for run in trial_runs:
+                    if run.setting.name == setting:
+                        record_stopped(run, epoch=rung, mean=mean, cut=cut)
+                        yield stopped_outcome(run)
+
+    def _trials(self, ray, runs: list[PlannedRun], context: RunContext,
+                stop_at: int | None = None) -> Iterator[RunOutcome]:
         from pace_cli.sweep.backends.ray_events import close_channel
 
         events: queue.Queue = queue.Queue()
         flag = ray.remote(num_cpus=0)(StopFlag).remote()
-        tuner = self._tuner(runs, events, flag, runs[0])
+        tuner = self._tuner(runs, events, flag, runs[0], stop_at)
         fit = threading.Thread(target=_fit_into, args=(tuner, events), daemon=True, name="pace-ray-tune")
         interrupted = 0
         flagged = done = False
@@ -174,21 +222,35 @@ class RayBackend:
                 f"sweep interrupted: {interrupted} trials saved their checkpoints and stopped ({len(context.finished)} "
                 "runs done); continue with the same command plus --resume", exit_code=context.stop.exit_code())
 
-    def _tuner(self, runs: list[PlannedRun], events: queue.Queue, flag, first: PlannedRun):
+    def _tuner(self, runs: list[PlannedRun], events: queue.Queue, flag, first: PlannedRun, stop_at: int | None):
         _, tune = import_ray()
         from pace_cli.sweep.backends.ray_events import forwarding_callback
 
         trainable = tune.with_parameters(run_trial, runs=runs, cpus=self.cpus, stop_flag=flag,
-                                         hook=self.trial_hook, cwd=os.getcwd())
+                                         hook=self.trial_hook, cwd=os.getcwd(), stop_at=stop_at)
+        stage = "" if stop_at is None else f"-to-epoch-{stop_at}"  # --scheduler asha: one Tune run per stage
         storage = (Path(first.run_dir).parents[1] / RAY_FOLDER).resolve()
         return tune.Tuner(
             tune.with_resources(trainable, {"cpu": self.cpus, "gpu": self.gpus}),
             param_space={"run": tune.grid_search(list(range(len(runs))))},
             tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent or 0, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=f"{first.phase}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=0,
+                name=f"{first.phase}{stage}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 callbacks=[forwarding_callback(runs, events, self.trials)]))
+
+
+def _halving(scheduler: str, grace_epochs: int | None, reduction_factor: int | None) -> Halving | None:
+    """The early-stopping numbers, or None for the full grid; a number without ``asha`` is refused."""
+    if scheduler not in SCHEDULERS:
+        raise PaceError(f"unknown --scheduler {scheduler!r}; use fifo (the full grid) or asha (early stopping)")
+    if scheduler == "fifo":
+        given = "--grace-epochs" if grace_epochs is not None else "--reduction-factor" \
+            if reduction_factor is not None else None
+        if given:
+            raise PaceError(f"{given} is a --scheduler asha option; add --scheduler asha or drop {given}")
+        return None
+    return Halving(grace_epochs, *(() if reduction_factor is None else (reduction_factor,)))
 
 
 def refuse_unshared_folder(ray, folder: Path, *, every_node: bool = False) -> None:

@@ -38,6 +38,8 @@ class ForwardTrialEnds(Callback):
         if "outcome" not in result:
             return
         run = self.runs[trial.config["run"]]
+        if result["outcome"] == "rung":  # stopped at the stage's rung epoch (--scheduler asha): judged next
+            return
         if result["outcome"] == "interrupted":
             self._put(("interrupted", run))
             return

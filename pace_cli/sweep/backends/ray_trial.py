@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE
+from pace_cli.sweep.backends.asha import RungReached
 from pace_cli.sweep.backends.base import score, score_adapter
 from pace_cli.sweep.plan import PlannedRun
 from pace_cli.sweep.rank import RunOutcome
@@ -36,8 +37,11 @@ class StopFlag:
         return self.requested
 
 
-def run_trial(config, *, runs, cpus, stop_flag, hook, cwd):
-    """Tune's trainable: train (or score) ``runs[config["run"]]`` and report its outcome once."""
+def run_trial(config, *, runs, cpus, stop_flag, hook, cwd, stop_at=None):
+    """Tune's trainable: train (or score) ``runs[config["run"]]`` and report its outcome once.
+
+    ``stop_at`` (``--scheduler asha``): the epoch at whose end training stops with its checkpoint, for
+    the driver to judge the settings there; the trial then reports ``"rung"``."""
     import ray
     import torch
     from ray import tune
@@ -54,9 +58,12 @@ def run_trial(config, *, runs, cpus, stop_flag, hook, cwd):
     watcher = threading.Thread(target=_watch, args=(stop_flag, stop), daemon=True)
     watcher.start()
     try:
-        outcome = None if ray.get(stop_flag.get.remote()) else _do(run, cpus, stop, hook)
+        outcome = None if ray.get(stop_flag.get.remote()) else _do(run, cpus, stop, hook, stop_at)
     except TrainingInterrupted:
         outcome = None
+    except RungReached:
+        tune.report({"outcome": "rung"})
+        return
     finally:
         stop.request()  # ends the watcher
     if outcome is None:  # stopped by the sweep: the checkpoint is saved, a rerun continues
@@ -80,7 +87,7 @@ def _watch(stop_flag, stop: StopRequest) -> None:
         time.sleep(_POLL_S)
 
 
-def _do(run: PlannedRun, cpus: int, stop: StopRequest, hook) -> RunOutcome:
+def _do(run: PlannedRun, cpus: int, stop: StopRequest, hook, stop_at: int | None) -> RunOutcome:
     if run.job == "score":
         return score_adapter(run)
     from pace_cli.training.loop import TrainLogger, train
@@ -89,7 +96,7 @@ def _do(run: PlannedRun, cpus: int, stop: StopRequest, hook) -> RunOutcome:
     status = "trained"
     if not adapter.is_file():  # else: a retry of a trial that trained and then failed while scoring
         resume = (run.run_dir / CHECKPOINT_FILE).is_file()  # --resume was checked by the driver; a retry resumes
-        logger = _HookLogger(run, hook) if hook else TrainLogger()
+        logger = _TrialLogger(run, hook, stop_at) if hook or stop_at else TrainLogger()
         train(with_workers_capped(run.recipe, cpus), output_dir=run.run_dir, logger=logger, resume=resume, stop=stop)
         status = "resumed" if resume else "trained"
     outcome = RunOutcome.of(run, status)
@@ -107,16 +114,22 @@ def with_workers_capped(recipe, cpus: int):
     return recipe.model_copy(update={"data": recipe.data.model_copy(update={"num_workers": workers})})
 
 
-class _HookLogger:
-    """A silent TrainLogger that calls the test's hook after every step."""
+class _TrialLogger:
+    """A silent TrainLogger that calls the test's hook after every step and ends training at the end of
+    epoch ``stop_at`` (training saved that epoch's checkpoint before telling the logger)."""
 
-    def __init__(self, run: PlannedRun, hook):
+    def __init__(self, run: PlannedRun, hook, stop_at: int | None):
         from pace_cli.training.loop import TrainLogger
 
-        self._quiet, self._run, self._hook = TrainLogger(), run, hook
+        self._quiet, self._run, self._hook, self._stop_at = TrainLogger(), run, hook, stop_at
 
     def step(self, record) -> None:
-        self._hook(self._run, record["step"])
+        if self._hook:
+            self._hook(self._run, record["step"])
+
+    def epoch(self, record) -> None:
+        if record["epoch"] == self._stop_at:
+            raise RungReached(f"epoch {self._stop_at}")
 
     def __getattr__(self, name):
         return getattr(self._quiet, name)

@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 
 from pace_cli.errors import PaceError
 from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE
-from pace_cli.sweep.backends.base import RunContext, refuse_another_recipe, score, score_adapter
+from pace_cli.sweep.backends.base import RunContext, refuse_another_recipe, score, score_adapter, stopped_outcome
 from pace_cli.sweep.plan import PlannedRun
 from pace_cli.sweep.rank import RunOutcome
 from pace_cli.training.stop import TrainingInterrupted
@@ -44,6 +44,9 @@ def _train(run: PlannedRun, context: RunContext) -> RunOutcome:
     from pace_cli.training.loop import train
 
     adapter = run.run_dir / ADAPTER_FILE
+    stopped = stopped_outcome(run)
+    if stopped is not None:  # stopped early by a --scheduler asha sweep: not trained again
+        return stopped
     outcome = RunOutcome.of(run, "skipped")
     if adapter.is_file():
         refuse_another_recipe(run)
