@@ -14,7 +14,7 @@ from pace_cli.adapters.delta import adapter_delta, merged_weight_and_bias, plus
 from pace_cli.adapters.factored import low_rank_linear
 from pace_cli.adapters.fused import noisy_linear, worth_fusing
 from pace_cli.adapters.kinds import kind_spec
-from pace_cli.adapters.noise import add_noisy, draw_noise
+from pace_cli.adapters.noise import add_noisy, draw_noise, noise_mode
 from pace_cli.errors import PaceError
 
 _INITS = {"zeros": nn.init.zeros_, "xavier": nn.init.xavier_uniform_}
@@ -89,6 +89,11 @@ class AdaptedLinear(nn.Module):
         samples = getattr(self.batch_state, "samples", None)
         z = draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
                        batch=self.batch_state)
+        # The fast paths compute h0 + z ⊙ Δh only; another noise mode takes the reference path.
+        if not noise_mode(self.batch_state).scales_delta:
+            if factored:
+                delta_w, delta_b = self.delta()
+            return self.noisy_forward_reference(x, delta_w, delta_b, z)
         if factored:
             return self.factored_forward(x, z)
         if (delta_w is not None and self.spec.training == "fused" and self.per_sample_weights
@@ -106,9 +111,10 @@ class AdaptedLinear(nn.Module):
                                getattr(self, "delta_bias", None), z)
 
     def noisy_forward_reference(self, x: Tensor, delta_w: Tensor | None, delta_b: Tensor | None, z: Tensor) -> Tensor:
-        """h0(x) + z ⊙ Δh(x) as written, for noise z [samples, d_out] from ``draw_noise``.
+        """h0(x) + z ⊙ Δh(x) as written (or the batch state's other noise mode, ``add_noisy``), for
+        noise z [samples, d_out] from ``draw_noise``.
 
-        The plain path, and the reference the fused one is tested against.
+        The plain path, every noise mode's path, and the reference the fused one is tested against.
         """
         base_out = F.linear(x, self.weight, self.bias)
         if delta_w is None:
@@ -118,7 +124,7 @@ class AdaptedLinear(nn.Module):
             delta_out = F.linear(F.linear(x, self.lora_A), self.lora_B, delta_b)
         else:
             delta_out = F.linear(x, delta_w, delta_b)
-        return add_noisy(base_out, delta_out, z)
+        return add_noisy(base_out, delta_out, z, batch=self.batch_state)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}, rank={self.rank}"
