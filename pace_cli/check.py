@@ -346,10 +346,11 @@ def estimate_memory(model: nn.Module, injection, input_shape: tuple[int, ...], b
         activations //= 2
     weights = (injection.total_parameters * _BYTES_PER_WEIGHT
                + injection.trainable_parameters * _BYTES_PER_TRAINABLE_EXTRA)
+    n_copies = images // batch if images != batch else 1
+    copies_text = f", {'two' if n_copies == 2 else n_copies} noisy copies per image" if n_copies > 1 else ""
     how = ("activations autograd saves for backward, traced (on the meta device: no memory) for 1 and 2 images, scaled to "
            f"{images} images per {'micro-batch' if accumulate > 1 else 'step'} "
-           f"({f'{images // batch} x ' if images != batch else ''}{'micro-' if accumulate > 1 else ''}batch {batch}"
-           f"{f', {"two" if images == 2 * batch else images // batch} noisy copies per image' if images != batch else ''}"
+           f"({f'{n_copies} x ' if n_copies > 1 else ''}{'micro-' if accumulate > 1 else ''}batch {batch}{copies_text}"
            f"{f'; [train] accumulate = {accumulate} runs them one after another' if accumulate > 1 else ''})"
            f"{', halved for ' + precision + ' autocast' if precision != 'fp32' else ''}; plus fp32 weights and, "
            "for trainable tensors, gradients and AdamW's two moments; excludes temporaries inside an operation "
