@@ -18,6 +18,7 @@ do there. The recipes for the paper's scale are ``recipes/ablations/``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--settings", type=int, default=2, help="search values per row (at most 2)")
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds (each row's steps once per round)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per row and round")
+    parser.add_argument("--jobs", type=int, default=1, help="rows swept at once (each a `pace sweep` process)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "table6.json")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "table6")
     args = parser.parse_args()
@@ -110,8 +112,11 @@ def main() -> None:
     started = time.perf_counter()
     timing = step_times(ROWS, args.rounds, args.steps)
     rows = []
-    for name, paper, keys, search in ROWS:
-        row = sweep_row(name, keys, search, scale, args.seeds, args.settings, args.runs)
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        swept = [pool.submit(sweep_row, name, keys, search, scale, args.seeds, args.settings, args.runs)
+                 for name, _, keys, search in ROWS]
+    for (name, paper, _, _), future in zip(ROWS, swept):
+        row = future.result()
         row.update(paper_top1=paper, step_time_s=round(timing[name], 4),
                    step_time_vs_pace=round(timing[name] / timing["+PACE"], 2))
         rows.append(row)
@@ -123,6 +128,7 @@ def main() -> None:
         "benchmark": "small-scale Table 6 on the quick start", "recipe": "recipes/quickstart.toml",
         "scale": {"task": "8-shot digits (10 classes, 80 training images)", "backbone": "builtin:fmnist_vit",
                   "epochs": args.epochs, "seeds": args.seeds, "search_values_per_row": args.settings,
+                  "timing": f"{args.rounds} rounds x {args.steps} steps per row",
                   "paper": "CIFAR-100 VTAB-1K, ViT-B/16, 300 epochs, full grid"},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "note": "a CPU shared with other jobs: step times are ratios measured interleaved"},
