@@ -84,7 +84,7 @@ def main() -> None:
     full_rank = {s["setting"]: s["rank"] for s in full_table["ranking"]}
     figures = {
         "grid": grid, "seeds": SEEDS, "reduced_grid": not args.full, "recipe": "recipes/quickstart.toml",
-        "backend": f"ray, {args.max_concurrent} concurrent one-thread trials", "asha": "grace 5 (eval_every), R 3",
+        "backend": f"ray, {args.max_concurrent} concurrent one-thread trials", "scheduler": "asha, grace 5 (eval_every), R 3",
         "full_grid": full, "asha": asha,
         "epoch_fraction_asha_over_full": round(asha["epochs_trained"] / full["epochs_trained"], 4),
         "wall_fraction_asha_over_full": round(asha_s / full_s, 4),

@@ -96,9 +96,10 @@ def adapter_config(recipe: Recipe) -> AdapterConfig:
 
 
 def pace_config(recipe: Recipe) -> PaceConfig:
-    p = recipe.pace
+    p, r = recipe.pace, recipe.regularizer
     return PaceConfig(variant=p.variant, lambda_=p.lambda_, sigma=p.sigma, lazy_interval=p.lazy_interval,
-                      noise_free_blocks=p.noise_free_blocks)
+                      noise_free_blocks=p.noise_free_blocks, noise=p.noise, perturb=p.perturb,
+                      sigma_profile=p.sigma_profile, copies=p.copies, fpa=r.fpa, l1=r.l1)
 
 
 def build_adapted_model(recipe: Recipe, num_classes: int) -> tuple[nn.Module, InjectionReport]:

@@ -284,9 +284,10 @@ def _plan(report: CheckReport, recipe: Recipe, train_set, model: nn.Module, inje
         report.notes.append("[pace] variant = 'off': no noise and no consistency term (the adapter baseline)")
     else:
         schedule = _collect(report, lambda: sigma_schedule(injection.adapted_layers, injection.head_name, p.sigma,
-                                                           p.noise_free_blocks))
+                                                           p.noise_free_blocks, p.sigma_profile))
         for layer, sigma in (schedule or {}).items():
             report.sigma_per_block.setdefault(block_of(layer) or layer, round(sigma, 6))
+    report.notes.extend(_ablation_notes(recipe))
     if train_set is not None:
         report.batch_size = min(recipe.data.batch_size, len(train_set))
         report.steps_per_epoch = len(train_set) // report.batch_size  # the last partial batch is dropped
@@ -297,10 +298,25 @@ def _plan(report: CheckReport, recipe: Recipe, train_set, model: nn.Module, inje
     shape = (channels, image_size(recipe), image_size(recipe))
     try:
         report.memory = estimate_memory(model, injection, shape, batch, p.variant, recipe.train.precision,
-                                        accumulate=recipe.train.accumulate)
+                                        accumulate=recipe.train.accumulate, copies=p.copies)
     except (RuntimeError, NotImplementedError) as error:  # an operation without a meta implementation
         report.notes.append(f"no memory estimate: {type(error).__name__} tracing the model on the meta device "
                             f"({one_line(error)[:120]})")
+
+
+def _ablation_notes(recipe: Recipe) -> list[str]:
+    """What the ablation keys cost: more copies per image, a second gradient pass, an extra forward."""
+    p, r, notes = recipe.pace, recipe.regularizer, []
+    if p.variant in ("pace", "lazy") and p.copies > 2:
+        notes.append(f"[pace] copies = {p.copies}: every regularised step runs {p.copies} noisy copies of each image, "
+                     f"{p.copies} x the forward/backward work and activations of one pass")
+    for key, what in (("gp", "gradient penalty"), ("sam_rho", "SAM")):
+        if getattr(r, key) > 0:
+            notes.append(f"[regularizer] {key}: the {what} runs each step's forward and backward twice (2 x the "
+                         "compute; the activations of one pass at a time)")
+    if r.fpa > 0:
+        notes.append("[regularizer] fpa: one more forward per step without gradient (the pre-trained model's logits)")
+    return notes
 
 
 def saved_activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> int:
@@ -325,13 +341,13 @@ def saved_activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch
 
 
 def estimate_memory(model: nn.Module, injection, input_shape: tuple[int, ...], batch: int, variant: str,
-                    precision: str, accumulate: int = 1) -> MemoryEstimate:
+                    precision: str, accumulate: int = 1, copies: int = 2) -> MemoryEstimate:
     """Memory of one training step: saved activations plus weights, gradients and AdamW state.
 
     Activations are traced for 1 and 2 images; the difference is the cost of one image and the
     rest does not grow with the batch (e.g. adapted weights computed once per step). PACE's
-    `pace` and `lazy` variants run every image twice (two noisy copies), so a step holds 2 x
-    batch images; `off` and `fast` hold one copy. With ``accumulate`` > 1, ``batch`` is the
+    `pace` and `lazy` variants run every image ``copies`` times (two noisy copies unless
+    ``[pace] copies`` says more), so a step holds copies x batch images; the others hold one copy. With ``accumulate`` > 1, ``batch`` is the
     micro-batch, whose activations are all a step holds at once. Not counted: the noise tensors and the
     consistency loss (small next to a block's activations), temporary buffers inside one
     operation, and the allocator's slack; with bf16/fp16 autocast most activations take half.
@@ -339,16 +355,17 @@ def estimate_memory(model: nn.Module, injection, input_shape: tuple[int, ...], b
     one = saved_activation_bytes(model, input_shape, 1)
     two = saved_activation_bytes(model, input_shape, 2)
     per_image, fixed = two - one, max(0, 2 * one - two)
-    images = batch * (2 if variant in ("pace", "lazy") else 1)
+    images = batch * (copies if variant in ("pace", "lazy") else 1)
     activations = fixed + images * per_image
     if precision != "fp32":
         activations //= 2
     weights = (injection.total_parameters * _BYTES_PER_WEIGHT
                + injection.trainable_parameters * _BYTES_PER_TRAINABLE_EXTRA)
+    n_copies = images // batch if images != batch else 1
+    copies_text = f", {'two' if n_copies == 2 else n_copies} noisy copies per image" if n_copies > 1 else ""
     how = ("activations autograd saves for backward, traced (on the meta device: no memory) for 1 and 2 images, scaled to "
            f"{images} images per {'micro-batch' if accumulate > 1 else 'step'} "
-           f"({'2 x ' if images != batch else ''}{'micro-' if accumulate > 1 else ''}batch {batch}"
-           f"{', two noisy copies per image' if images != batch else ''}"
+           f"({f'{n_copies} x ' if n_copies > 1 else ''}{'micro-' if accumulate > 1 else ''}batch {batch}{copies_text}"
            f"{f'; [train] accumulate = {accumulate} runs them one after another' if accumulate > 1 else ''})"
            f"{', halved for ' + precision + ' autocast' if precision != 'fp32' else ''}; plus fp32 weights and, "
            "for trainable tensors, gradients and AdamW's two moments; excludes temporaries inside an operation "

@@ -37,10 +37,14 @@ _EXPORTS = {
     "merge_layer": "merge",
     "merge_state_dict": "merge",
     "split_adapter_state": "merge",
+    "NoiseMode": "noise",
+    "PACE_NOISE": "noise",
     "add_noisy": "noise",
+    "dropout_keep": "noise",
     "draw_noise": "noise",
     "noise_dtype": "noise",
     "noise_for": "noise",
+    "noise_mode": "noise",
     "sample_noise": "noise",
 }
 

@@ -14,7 +14,7 @@ from pace_cli.adapters.delta import adapter_delta, merged_weight_and_bias, plus
 from pace_cli.adapters.factored import low_rank_linear
 from pace_cli.adapters.fused import noisy_linear, worth_fusing
 from pace_cli.adapters.kinds import kind_spec, row_norm
-from pace_cli.adapters.noise import add_noisy, draw_noise
+from pace_cli.adapters.noise import add_noisy, draw_noise, noise_mode
 from pace_cli.adapters.rescale import KIND_FORWARDS
 from pace_cli.errors import PaceError
 
@@ -100,6 +100,11 @@ class AdaptedLinear(nn.Module):
         if not noisy:
             return F.linear(x, plus(self.weight, delta_w), plus(self.bias, delta_b))
         z = self.layer_noise(x)
+        # The fast paths compute h0 + z ⊙ Δh only; another noise mode takes the reference path.
+        if not noise_mode(self.batch_state).scales_delta:
+            if factored:
+                delta_w, delta_b = self.delta()
+            return self.noisy_forward_reference(x, delta_w, delta_b, z)
         if factored:
             return self.factored_forward(x, z)
         if (delta_w is not None and self.spec.training == "fused" and self.per_sample_weights
@@ -123,7 +128,7 @@ class AdaptedLinear(nn.Module):
         delta_out = self.spec.output_delta(base_out, self.adapter_tensors())
         if z is None:
             return (base_out + delta_out).to(base_out.dtype)
-        return add_noisy(base_out, delta_out, z)
+        return add_noisy(base_out, delta_out, z, batch=self.batch_state)
 
     def factored_bias(self) -> Tensor | None:
         """Δb of a factored kind, without forming ΔW: delta_bias, plus W0 p for lora_add+vpt_add."""
@@ -140,9 +145,10 @@ class AdaptedLinear(nn.Module):
         return low_rank_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.factored_bias(), z)
 
     def noisy_forward_reference(self, x: Tensor, delta_w: Tensor | None, delta_b: Tensor | None, z: Tensor) -> Tensor:
-        """h0(x) + z ⊙ Δh(x) as written, for noise z [samples, d_out] from ``draw_noise``.
+        """h0(x) + z ⊙ Δh(x) as written (or the batch state's other noise mode, ``add_noisy``), for
+        noise z [samples, d_out] from ``draw_noise``.
 
-        The plain path, and the reference the fused one is tested against.
+        The plain path, every noise mode's path, and the reference the fused one is tested against.
         """
         base_out = F.linear(x, self.weight, self.bias)
         if delta_w is None:
@@ -152,7 +158,7 @@ class AdaptedLinear(nn.Module):
             delta_out = F.linear(F.linear(x, self.lora_A), self.lora_B, delta_b)
         else:
             delta_out = F.linear(x, delta_w, delta_b)
-        return add_noisy(base_out, delta_out, z)
+        return add_noisy(base_out, delta_out, z, batch=self.batch_state)
 
     def extra_repr(self) -> str:
         rank = f", rank={self.rank}" if self.spec.has_rank else ""

@@ -24,11 +24,11 @@ from torch import Tensor
 from pace_cli.adapters.noise import add_noisy, noise_dtype
 
 
-def _finish(base_out: Tensor, delta_out: Tensor, z: Tensor | None) -> Tensor:
+def _finish(base_out: Tensor, delta_out: Tensor, z: Tensor | None, batch=None) -> Tensor:
     if z is None:
         wide = torch.promote_types(base_out.dtype, delta_out.dtype)
         return (base_out.to(wide) + delta_out).to(base_out.dtype)
-    return add_noisy(base_out, delta_out, z)
+    return add_noisy(base_out, delta_out, z, batch=batch)
 
 
 def ia3_forward(layer, x: Tensor, z: Tensor | None) -> Tensor:
@@ -37,12 +37,13 @@ def ia3_forward(layer, x: Tensor, z: Tensor | None) -> Tensor:
         scale = layer.ia3_in.squeeze(0)
         if z is None:
             return F.linear(x * scale, layer.weight, layer.bias)
-        return add_noisy(F.linear(x, layer.weight, layer.bias), F.linear(x * (scale - 1), layer.weight), z)
+        return add_noisy(F.linear(x, layer.weight, layer.bias), F.linear(x * (scale - 1), layer.weight), z,
+                          batch=layer.batch_state)
     scale = layer.ia3_out.squeeze(-1)
     base_out = F.linear(x, layer.weight, layer.bias)
     if z is None:
         return (base_out * scale).to(base_out.dtype)
-    return add_noisy(base_out, base_out * (scale - 1), z)
+    return add_noisy(base_out, base_out * (scale - 1), z, batch=layer.batch_state)
 
 
 def dora_row_norm(weight: Tensor, lora_A: Tensor, lora_B: Tensor) -> Tensor:
@@ -69,7 +70,7 @@ def dora_forward(layer, x: Tensor, z: Tensor | None) -> Tensor:
     lora = F.linear(F.linear(x, layer.lora_A), layer.lora_B)
     delta_out = (row_scale - 1) * plain + row_scale * lora
     base_out = plain if layer.bias is None else plain + layer.bias.to(plain.dtype)
-    return _finish(base_out, delta_out, z)
+    return _finish(base_out, delta_out, z, layer.batch_state)
 
 
 # AdaptedLinear.forward runs a kind whose row names one of these training paths through it.

@@ -8,12 +8,15 @@ from pace_cli.recipe.log import unread_log_keys
 from pace_cli.recipe.schema import PaceSection, Recipe, is_set
 
 # [pace] keys each variant reads; the others are inert for it.
+_NOISE_KEYS = ("sigma", "noise_free_blocks", "noise", "perturb", "sigma_profile")
 _VARIANT_KEYS = {
     "off": (),
-    "pace": ("lambda_", "sigma", "noise_free_blocks"),
-    "fast": ("lambda_", "sigma", "noise_free_blocks"),
-    "lazy": ("lambda_", "sigma", "noise_free_blocks", "lazy_interval"),
+    "noise_only": _NOISE_KEYS,
+    "pace": ("lambda_", *_NOISE_KEYS, "copies"),
+    "fast": ("lambda_", *_NOISE_KEYS),
+    "lazy": ("lambda_", *_NOISE_KEYS, "lazy_interval", "copies"),
 }
+_PACE_KEYS = ("lambda_", *_NOISE_KEYS, "lazy_interval", "copies")
 
 
 def ineffective_settings(recipe: Recipe) -> list[str]:
@@ -26,14 +29,17 @@ def ineffective_settings(recipe: Recipe) -> list[str]:
     """
     notes: list[str] = []
     p = recipe.pace
-    inert = [name for name in ("lambda_", "sigma", "noise_free_blocks", "lazy_interval")
-             if name not in _VARIANT_KEYS[p.variant] and is_set(p, name)]
+    inert = [name for name in _PACE_KEYS if name not in _VARIANT_KEYS[p.variant] and is_set(p, name)]
     if inert:
         keys = ", ".join(PaceSection.model_fields[n].alias or n for n in inert)
         uses = {"off": "it adds no noise and no consistency loss",
+                "noise_only": "it adds noise but no consistency loss",
                 "pace": "lazy_interval is read by variant = 'lazy' only",
-                "fast": "lazy_interval is read by variant = 'lazy' only"}.get(p.variant, "")
-        notes.append(f"[pace] {keys} set but ignored with variant = {p.variant!r} ({uses})")
+                "fast": "one pass per step: lazy_interval is read by 'lazy' only, copies by 'pace' and 'lazy'"}
+        notes.append(f"[pace] {keys} set but ignored with variant = {p.variant!r} ({uses.get(p.variant, '')})")
+    if p.noise == "additive" and is_set(p, "perturb") and "perturb" in _VARIANT_KEYS[p.variant]:
+        notes.append("[pace] perturb set but ignored with noise = 'additive' (h0 + Δh + ε adds the same noise "
+                     "whatever it perturbs)")
     if is_set(recipe.adapter, "feedforward") and not KINDS[recipe.adapter.kind].modes:
         notes.append(f"[adapter] feedforward set but ignored: kind = {recipe.adapter.kind!r} does not read it (only "
                      "ia3 scales inputs of feed-forward layers)")

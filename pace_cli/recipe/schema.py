@@ -18,6 +18,9 @@ from pace_cli.data.sources import SOURCES, SourceSpec, only_read_by
 from pace_cli.recipe.augment import AugmentSection
 from pace_cli.recipe.base import _Section, field_by_alias, is_set  # noqa: F401  (others import the last two from here)
 from pace_cli.recipe.log import LogSection
+from pace_cli.recipe.regularizer import (  # noqa: F401  (others import the enums from here)
+    PaceNoise, PacePerturb, PaceSection, PaceVariant, RegularizerSection, SigmaProfile,
+)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 # Passed to timm.create_model explicitly, so a duplicate in [model.kwargs] would clash.
@@ -44,7 +47,6 @@ KwargValue = Annotated[Any, AfterValidator(_check_kwarg_value)]
 
 # The enums of the recipe, written once; the modules that act on them take their tuples from
 # these with typing.get_args.
-PaceVariant = Literal["off", "pace", "lazy", "fast"]
 LrSchedule = Literal["per_step", "epoch"]
 FewshotLayout = Literal["fgvc", "imagenet"]
 
@@ -262,16 +264,6 @@ class AdapterSection(_Section):
         return self
 
 
-class PaceSection(_Section):
-    variant: PaceVariant = Field(
-        "pace", description="Consistency regulariser variant; off disables it."
-    )
-    lambda_: float = Field(1.0, alias="lambda", ge=0, description="Weight of the consistency loss.")
-    sigma: float = Field(1.0, ge=0, description="Std of the multiplicative noise on adapter outputs.")
-    lazy_interval: int = Field(2, ge=1, description="Steps between regularised steps (lazy variant).")
-    noise_free_blocks: int = Field(0, ge=0, description="Leading blocks whose adapters get no noise.")
-
-
 class OptimSection(_Section):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
@@ -375,6 +367,7 @@ class Recipe(BaseModel):
     augment: AugmentSection = Field(default_factory=AugmentSection)
     adapter: AdapterSection = Field(default_factory=AdapterSection)
     pace: PaceSection = Field(default_factory=PaceSection)
+    regularizer: RegularizerSection = Field(default_factory=RegularizerSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
@@ -393,6 +386,20 @@ class Recipe(BaseModel):
         if self.augment.mixes and self.data.batch_size % 2:
             raise ValueError(f"[augment] mixes sample i of a batch with sample B-1-i (timm's batch mode), so [data] "
                              f"batch_size = {self.data.batch_size} must be even; use {self.data.batch_size + 1}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_second_gradient_pass(self) -> Recipe:
+        r = self.regularizer
+        if r.gp > 0 and r.sam_rho > 0:
+            raise ValueError("[regularizer] gp and sam_rho both take a second gradient pass at another point; set one")
+        two_pass = "gp" if r.gp > 0 else "sam_rho" if r.sam_rho > 0 else None
+        if two_pass and self.pace.variant == "fast":
+            raise ValueError(f"[regularizer] {two_pass} runs each step twice, but [pace] variant = 'fast' would write "
+                             "its memory of logits on both passes; use another variant")
+        if two_pass and self.train.precision == "fp16":
+            raise ValueError(f"[regularizer] {two_pass} needs the unscaled gradient between its two passes; use "
+                             "[train] precision = 'bf16' or 'fp32' instead of 'fp16'")
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""The PACE regulariser: noise schedule over depth, shared drop masks, the loss variants.
+"""The PACE regulariser: noise schedule over depth, shared drop masks, the loss variants, the ablations' penalties.
 
 The face of the package: the names other packages use, each loaded from its submodule on first
 access (see :mod:`pace_cli.lazy`).
@@ -12,6 +12,8 @@ _EXPORTS = {
     "PaceRegularizer": "losses",
     "VARIANTS": "losses",
     "fp_distance": "losses",
+    "mean_pair_distance_sum": "losses",
+    "pretrained_logits": "losses",
     "Float32Forward": "masks",
     "PairState": "masks",
     "SharedDropPath": "masks",
@@ -21,6 +23,8 @@ _EXPORTS = {
     "block_of": "schedule",
     "depth_groups": "schedule",
     "sigma_schedule": "schedule",
+    "GP_RADIUS": "sharpness",
+    "second_pass": "sharpness",
 }
 
 __all__ = sorted(_EXPORTS)

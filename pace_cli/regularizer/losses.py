@@ -1,9 +1,10 @@
-"""PACE's training loss: cross-entropy plus λ times the consistency between two noisy passes.
+"""PACE's training loss: cross-entropy plus λ times the consistency between noisy passes.
 
-The four variants (``off``, ``pace``, ``lazy``, ``fast``; paper §3 and the authors' code) and
-:class:`PaceRegularizer`, which installs the noise schedule (:mod:`.schedule`) and the paired
-masks and hooks (:mod:`.masks`) on an adapter-injected model. The adapter maths itself is in
-:mod:`pace_cli.adapters`.
+The variants (``off``, ``pace``, ``lazy``, ``fast``; paper §3 and the authors' code; and
+``noise_only``, Table 6's "+Noise") and :class:`PaceRegularizer`, which installs the noise
+schedule (:mod:`.schedule`) and the paired masks and hooks (:mod:`.masks`) on an adapter-injected
+model, with the ablations' noise modes, copies and penalties (FPA, ℓ1). The adapter maths itself
+is in :mod:`pace_cli.adapters`; the two-pass penalties (GP, SAM) are in :mod:`.sharpness`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pace_cli import distributed
-from pace_cli.adapters import adapted_layers, adapters_disabled, head_module_name
+from pace_cli.adapters import NoiseMode, adapted_layers, adapters_disabled, head_module_name
 from pace_cli.distributed import SampleLayout, World
 from pace_cli.errors import PaceError
 from pace_cli.recipe.schema import PaceVariant
@@ -35,6 +36,12 @@ class PaceConfig:
     sigma: float = 1.0
     lazy_interval: int = 2
     noise_free_blocks: int = 0
+    noise: str = "gaussian"
+    perturb: str = "adapter"
+    sigma_profile: str = "decreasing"
+    copies: int = 2
+    fpa: float = 0.0  # [regularizer] fpa
+    l1: float = 0.0  # [regularizer] l1
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -43,6 +50,20 @@ class PaceConfig:
             raise PaceError(f"[pace] lambda must be >= 0, got {self.lambda_}")
         if self.lazy_interval < 1:
             raise PaceError(f"[pace] lazy_interval must be >= 1, got {self.lazy_interval}")
+        if self.copies < 2:
+            raise PaceError(f"[pace] copies must be >= 2, got {self.copies}")
+        for key in ("fpa", "l1"):
+            if getattr(self, key) < 0:
+                raise PaceError(f"[regularizer] {key} must be >= 0, got {getattr(self, key)}")
+        try:
+            NoiseMode(self.noise, self.perturb)
+        except ValueError as error:
+            raise PaceError(f"[pace] {error}") from None
+
+    @property
+    def paired(self) -> bool:
+        """Whether the variant runs several noisy copies of each image."""
+        return self.variant in ("pace", "lazy")
 
 
 @dataclass
@@ -83,11 +104,13 @@ class PaceRegularizer:
         self.config = config
         self.seed = seed
         self.world = world or World()
-        self.state = PairState()
+        self.state = PairState(config.copies, NoiseMode(config.noise, config.perturb))
         self.head_name = head_module_name(model)
         layers = adapted_layers(model)
         sigma = 0.0 if config.variant == "off" else config.sigma
-        self.sigmas = sigma_schedule(list(layers), self.head_name, sigma, config.noise_free_blocks)
+        self.sigmas = sigma_schedule(list(layers), self.head_name, sigma, config.noise_free_blocks,
+                                     config.sigma_profile)
+        self.l1_tensors = [t for layer in layers.values() for t in layer.adapter_tensors().values()]
         for path, layer in layers.items():
             layer.noise_sigma = self.sigmas[path]
             layer.batch_state = self.state
@@ -99,7 +122,7 @@ class PaceRegularizer:
         # depend on the number of processes.
         share_random_masks(model, self.state)
         self.duplicate_at = ""
-        if config.variant in ("pace", "lazy"):
+        if config.paired:
             self.duplicate_at = self._first_noisy_module(list(layers), config.noise_free_blocks)
             if self.duplicate_at:
                 hook = duplicate_hook(self.state)
@@ -132,19 +155,20 @@ class PaceRegularizer:
             layer.batch_state = None
 
     def paired_forward(self, images: Tensor) -> Tensor:
-        """Logits for [x; x] with independent noise per copy and shared drop masks: shape [2B, C]."""
-        batch = images.shape[0]
+        """Logits for [x; x; …] (``copies`` copies) with independent noise per copy and shared drop
+        masks: shape [copies · B, C]."""
+        batch, copies = images.shape[0], self.config.copies
         self.state.armed = True
         self.state.paired = False
         try:
             if not self.duplicate_at:
                 self.state.paired = True
-                images = torch.cat([images, images])
+                images = torch.cat([images] * copies)
             logits = self.forward_model(images)
         finally:
             self.state.armed = False
             self.state.paired = False
-        if logits.shape[0] != 2 * batch:
+        if logits.shape[0] != copies * batch:
             raise RuntimeError("the duplication hook did not fire; the model's forward skipped the hooked module")
         return logits
 
@@ -175,25 +199,37 @@ class PaceRegularizer:
                 images, labels = images[keep.to(images.device)], labels[keep.to(labels.device)]
                 offset, global_size = (offset + 1) // 2, (global_size + 1) // 2
                 local = images.shape[0]
+            reference = self._pretrained_logits(images)
             self.use_step_noise(step, global_size, offset, local)
             logits = self.paired_forward(images).float()
-            first, second = logits.chunk(2)
-            ce_sum = _cross_entropy_sum(first, labels)
-            consistency_sum = (first - second).pow(2).sum()
-            return self._parts(ce_sum, consistency_sum, global_size, first, labels)
+            views = logits.chunk(self.config.copies)
+            ce_sum = _cross_entropy_sum(views[0], labels)
+            consistency_sum = mean_pair_distance_sum(views)
+            return self._parts(ce_sum, consistency_sum, global_size, views[0], labels, reference)
+        reference = self._pretrained_logits(images)
         self.use_step_noise(step, global_size, offset, local)
         logits = self.forward_model(images).float()
         ce_sum = _cross_entropy_sum(logits, labels)
         consistency_sum = logits.new_zeros(())
         if variant == "fast":
             consistency_sum = self._fast_consistency(logits, indices)
-        return self._parts(ce_sum, consistency_sum, global_size, logits, labels)
+        return self._parts(ce_sum, consistency_sum, global_size, logits, labels, reference)
+
+    def _pretrained_logits(self, images: Tensor) -> Tensor | None:
+        """f(x; θ0) for the FPA term, as fp_distance takes it; None without FPA."""
+        return pretrained_logits(self.model, images) if self.config.fpa > 0 else None
 
     def _parts(self, ce_sum: Tensor, consistency_sum: Tensor, global_size: int, logits: Tensor,
-               labels: Tensor) -> LossParts:
+               labels: Tensor, reference: Tensor | None) -> LossParts:
         ce = ce_sum / global_size
         consistency = consistency_sum / global_size
         loss = ce + self.config.lambda_ * consistency
+        if reference is not None:
+            loss = loss + self.config.fpa * (logits - reference).pow(2).sum() / global_size
+        if self.config.l1 > 0:
+            # A constant per sample, so the shares of every process and micro-batch add up to one λ·Σ|θ|.
+            l1 = torch.stack([t.abs().sum() for t in self.l1_tensors]).sum()
+            loss = loss + self.config.l1 * l1 * (len(logits) / global_size)
         return LossParts(loss * self.world.size, ce, consistency, logits, labels, loss)
 
     def _fast_consistency(self, logits: Tensor, indices: Tensor | None) -> Tensor:
@@ -232,6 +268,26 @@ def _cross_entropy_sum(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+def mean_pair_distance_sum(views: tuple[Tensor, ...]) -> Tensor:
+    """Σ over samples of the mean over the pairs of copies i < j of ||f_i − f_j||²: M copies' consistency
+    (paper Figure 5); for two copies, Σ ||f_1 − f_2||²."""
+    pairs = [(i, j) for i in range(len(views)) for j in range(i + 1, len(views))]
+    return torch.stack([(views[i] - views[j]).pow(2).sum() for i, j in pairs]).mean()
+
+
+@torch.no_grad()
+def pretrained_logits(model: nn.Module, images: Tensor) -> Tensor:
+    """f(x; θ0): the model with its adapters off, the same (trained) head, in eval mode (no drop path,
+    no noise, so no draws are taken from the step's generator)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with adapters_disabled(model):
+            return model(images).float()
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def fp_distance(model: nn.Module, images: Tensor) -> float:
     """Mean over samples of ||f(x; θ0 + Δθ) − f(x; θ0)||², the same head in both (paper §6)."""
@@ -239,8 +295,6 @@ def fp_distance(model: nn.Module, images: Tensor) -> float:
     model.eval()
     try:
         tuned = model(images).float()
-        with adapters_disabled(model):
-            base = model(images).float()
     finally:
         model.train(was_training)
-    return (tuned - base).pow(2).sum(dim=1).mean().item()
+    return (tuned - pretrained_logits(model, images)).pow(2).sum(dim=1).mean().item()

@@ -13,18 +13,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pace_cli.adapters import noise_dtype, sample_noise
+from pace_cli.adapters import PACE_NOISE, NoiseMode, noise_dtype, sample_noise
 from pace_cli.distributed import SampleLayout
 
 
 class PairState:
-    """Whether the batch flowing through the model right now is [x; x] (two copies of each sample),
-    how many samples it holds (2B once duplicated), for the adapters' per-sample noise, and where
-    those samples sit in the global batch (``layout``), so random draws do not depend on the rank."""
+    """Whether the batch flowing through the model right now is [x; x; …] (``copies`` copies of each
+    sample, two for PACE), how many samples it holds (copies · B once duplicated), for the adapters'
+    per-sample noise, where those samples sit in the global batch (``layout``), so random draws do
+    not depend on the rank, and which noise the adapters draw (``noise_mode``, read by
+    :func:`pace_cli.adapters.draw_noise` and :func:`pace_cli.adapters.add_noisy`)."""
 
-    def __init__(self):
+    def __init__(self, copies: int = 2, noise_mode: NoiseMode = PACE_NOISE):
         self.armed = False
         self.paired = False
+        self.copies = copies
+        self.noise_mode = noise_mode
         self.samples: int | None = None
         self.layout: SampleLayout | None = None
 
@@ -39,10 +43,10 @@ class PairState:
 
     def keep_mask(self, x: Tensor, keep: float, rest: tuple[int, ...]) -> Tensor:
         """A 0/1 mask in ``x``'s dtype, [rows of x, *rest], keeping each entry with probability
-        ``keep``; drawn once per sample and repeated for its second copy when the batch is paired."""
-        rows = x.shape[0] // 2 if self.paired else x.shape[0]
+        ``keep``; drawn once per sample and repeated for its other copies when the batch is paired."""
+        rows = x.shape[0] // self.copies if self.paired else x.shape[0]
         mask = (self.uniform(x, rows, rest) < keep).to(x.dtype)
-        return torch.cat([mask, mask]) if self.paired else mask
+        return torch.cat([mask] * self.copies) if self.paired else mask
 
 
 class SharedDropPath(nn.Module):
@@ -153,7 +157,10 @@ def head_noise_hook(state: PairState):
     def hook(module: nn.Module, inputs, output: Tensor):
         sigma = getattr(module, "pace_sigma", 0.0)
         if module.training and sigma > 0:
-            return output * sample_noise(output, sigma, batch=state)
+            # The whole head output counts as adapter output (h0 = 0, Δh = the logits), so the
+            # adapter and output perturbations are one here and only additive noise differs.
+            z = sample_noise(output, sigma, batch=state)
+            return output + z if state.noise_mode.noise == "additive" else output * z
         return None
 
     return hook
@@ -163,8 +170,8 @@ def duplicate_hook(state: PairState):
     def hook(module: nn.Module, args):
         if state.armed and not state.paired:
             state.paired = True
-            state.samples = 2 * args[0].shape[0]
-            return (torch.cat([args[0], args[0]]),) + tuple(args[1:])
+            state.samples = state.copies * args[0].shape[0]
+            return (torch.cat([args[0]] * state.copies),) + tuple(args[1:])
         return None
 
     return hook

@@ -1,4 +1,5 @@
-"""PACE's noise strength per adapted layer: falling linearly with depth, block by block (paper §3.5).
+"""PACE's noise strength per adapted layer: falling linearly with depth, block by block (paper §3.5),
+or, for the ablations of Table 6, constant or rising.
 
 Depth is read from module paths (``blocks.3`` in ViT, ``layers.1.blocks.0`` in Swin), so this
 needs no model and no torch: `pace check` uses it to show a recipe's schedule.
@@ -34,15 +35,20 @@ def depth_groups(layer_paths: Sequence[str]) -> list[tuple[str, list[str]]]:
 
 
 def sigma_schedule(
-    layer_paths: Sequence[str], head_name: str, sigma: float, noise_free_blocks: int = 0
+    layer_paths: Sequence[str], head_name: str, sigma: float, noise_free_blocks: int = 0,
+    profile: str = "decreasing",
 ) -> dict[str, float]:
-    """Noise strength per adapted layer and for the head, falling linearly with depth.
+    """Noise strength per adapted layer and for the head, by ``profile`` over depth.
 
     The first ``noise_free_blocks`` groups get 0. The remaining G groups, with the head as the
-    last one, get sigma * (G - g) / G for g = 0..G-1: sigma for the shallowest, sigma / G for
-    the head. (The authors' ViT-B code keeps the first block noise-free; here that is the
-    ``noise_free_blocks = 1`` option rather than a hard-wired rule.)
+    last one, get for g = 0..G-1: ``decreasing`` (PACE) sigma * (G - g) / G, sigma for the
+    shallowest and sigma / G for the head; ``constant`` sigma for all; ``increasing``
+    sigma * (g + 1) / G, sigma / G for the shallowest rising to sigma at the head. (The authors'
+    ViT-B code keeps the first block noise-free; here that is the ``noise_free_blocks = 1``
+    option rather than a hard-wired rule.)
     """
+    if profile not in _PROFILES:
+        raise PaceError(f"[pace] sigma_profile must be one of {', '.join(_PROFILES)}, got {profile!r}")
     if sigma < 0:
         raise PaceError(f"[pace] sigma must be >= 0, got {sigma}")
     groups = depth_groups(layer_paths)
@@ -56,7 +62,16 @@ def sigma_schedule(
     schedule = {path: 0.0 for _, members in groups[:noise_free_blocks] for path in members}
     noisy = [members for _, members in groups[noise_free_blocks:]] + [[head_name]]
     count = len(noisy)
+    strength = _PROFILES[profile]
     for g, members in enumerate(noisy):
         for path in members:
-            schedule[path] = sigma * (count - g) / count
+            schedule[path] = strength(sigma, g, count)
     return schedule
+
+
+# The noise strength of noisy group g of G (the head is group G - 1).
+_PROFILES = {
+    "decreasing": lambda sigma, g, count: sigma * (count - g) / count,
+    "constant": lambda sigma, g, count: sigma,
+    "increasing": lambda sigma, g, count: sigma * (g + 1) / count,
+}

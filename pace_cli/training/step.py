@@ -22,6 +22,7 @@ from pace_cli.distributed import World
 from pace_cli.errors import PaceError
 from pace_cli.recipe import Recipe, lazy_micro_batch_problem
 from pace_cli.regularizer.losses import LossParts, PaceRegularizer
+from pace_cli.regularizer.sharpness import second_pass
 
 
 class StepState(Protocol):
@@ -97,12 +98,29 @@ def combined(parts: list[LossParts]) -> LossParts:
 def train_step(run: StepState, images: Tensor, labels: Tensor, indices: Tensor, step: int,
                lr: float) -> tuple[LossParts, Tensor]:
     """PACE loss and backward per micro-batch, gradient clipping and one AdamW update; returns the
-    step's loss parts and the gradient norm."""
+    step's loss parts and the gradient norm. With ``[regularizer] gp`` or ``sam_rho`` the forward and
+    backward passes run twice, the second time at a displaced θ (:mod:`pace_cli.regularizer.sharpness`);
+    the parts are the first pass's."""
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     device = run.device
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
     run.optimizer.zero_grad(set_to_none=True)
+    parts = _forward_backward(run, images, labels, indices, step)
+    extra = run.recipe.regularizer
+    if extra.gp > 0 or extra.sam_rho > 0:  # the recipe refuses fp16 (a scaled gradient) with these
+        second_pass(run.params, lambda: _forward_backward(run, images, labels, indices, step),
+                    gp=extra.gp, sam_rho=extra.sam_rho)
+    run.scaler.unscale_(run.optimizer)  # once, on the summed gradients
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, run.recipe.optim.grad_clip or float("inf"))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return parts, grad_norm
+
+
+def _forward_backward(run: StepState, images: Tensor, labels: Tensor, indices: Tensor, step: int) -> LossParts:
+    """The step's loss and backward, micro-batch by micro-batch; the gradients add up in ``.grad``."""
+    device = run.device
     parts = []
     for micro in micro_batches(images.shape[0], run.recipe.train.accumulate, run.world):
         with gradient_sync(run.regularizer.forward_model, micro.last):
@@ -112,8 +130,4 @@ def train_step(run: StepState, images: Tensor, labels: Tensor, indices: Tensor, 
                                             global_size=micro.global_size, offset=micro.offset)
             run.scaler.scale(part.total).backward()  # fp16: every micro-batch scaled by the same factor
         parts.append(part)
-    run.scaler.unscale_(run.optimizer)  # once, on the summed gradients
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, run.recipe.optim.grad_clip or float("inf"))
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    return combined(parts), grad_norm
+    return combined(parts)

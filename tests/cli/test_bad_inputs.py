@@ -118,6 +118,28 @@ def case_unknown_variant(tmp):
     return train_args(tmp, recipe_with(tmp, "[train]", '[pace]\nvariant = "paec"\n[train]')), "variant"
 
 
+def case_unknown_noise(tmp):
+    return train_args(tmp, recipe_with(tmp, "[train]", '[pace]\nnoise = "pink"\n[train]')), "noise"
+
+
+def case_one_pace_copy(tmp):
+    return train_args(tmp, recipe_with(tmp, "[train]", "[pace]\ncopies = 1\n[train]")), "copies"
+
+
+def case_negative_fpa_weight(tmp):
+    return train_args(tmp, recipe_with(tmp, "[train]", "[regularizer]\nfpa = -0.5\n[train]")), "fpa"
+
+
+def case_gradient_penalty_with_sam(tmp):
+    return train_args(tmp, recipe_with(tmp, "[train]", "[regularizer]\ngp = 0.1\nsam_rho = 0.05\n[train]")), \
+        "sam_rho"
+
+
+def case_gradient_penalty_with_fast_pace(tmp):
+    return train_args(tmp, recipe_with(tmp, "[train]", '[pace]\nvariant = "fast"\n[regularizer]\ngp = 0.1\n[train]')), \
+        "[regularizer] gp"
+
+
 def case_unknown_model(tmp):
     return train_args(tmp, recipe_with(tmp, 'name = "vit_tiny_patch16_224"', 'name = "vit_tinyy"')), "vit_tinyy"
 

@@ -76,7 +76,7 @@ def test_paper_recipes_share_one_base_and_the_paper_settings():
         assert r.model.name == "vit_base_patch16_224.augreg_in21k" and r.model.checkpoint == BASE, name
         assert r.data.batch_size == 64 and r.optim.warmup_epochs == 10 and r.model.drop_path_rate == 0.1, name
         assert r.data.image_size == 224 and r.data.mean == [0.485, 0.456, 0.406], name
-        assert r.train.epochs == (300 if name.startswith("vtab1k/") else 100), name
+        assert r.train.epochs == (300 if name.startswith(("vtab1k/", "ablations/")) else 100), name
         assert r.optim.schedule == "epoch" and (r.optim.warmup_start_lr, r.optim.min_lr) == (1e-6, 1e-5), name
 
 
@@ -84,7 +84,9 @@ def test_paper_recipes_match_tables_7_to_10():
     for name, r in _paper_recipes():
         group, task = name[:-5].split("/")
         got = (r.adapter.kind, r.adapter.rank, r.optim.lr, r.optim.weight_decay, r.model.num_classes)
-        if group == "vtab1k":
+        if group == "ablations":  # Table 6: CIFAR-100 of VTAB-1K
+            assert got == VTAB["cifar100"] and r.data.source == "vtab1k", name
+        elif group == "vtab1k":
             assert got == VTAB[task], name
             assert r.data.source == "vtab1k" and r.data.train_split == "train800", name
         elif group == "fewshot":
@@ -117,3 +119,14 @@ def test_other_backbones_run_the_vit_b_recipe_of_their_task_with_their_own_base_
         got[section].pop(key), vit_b[section].pop(key)
     assert got == vit_b
 
+
+
+def test_ablation_recipes_are_the_cifar100_recipe_but_for_the_regulariser():
+    cifar = recipe_to_dict(load_recipe(ROOT / "recipes" / "vtab1k" / "cifar100.toml"))
+    ablations = sorted((ROOT / "recipes" / "ablations").glob("*.toml"))
+    assert len(ablations) >= 14
+    for path in ablations:
+        got = recipe_to_dict(load_recipe(path))
+        assert {k: v for k, v in got.items() if k not in ("pace", "regularizer", "output")} == \
+            {k: v for k, v in cifar.items() if k not in ("pace", "regularizer", "output")}, path.name
+        assert "Paper top-1:" in path.read_text().splitlines()[1], path.name

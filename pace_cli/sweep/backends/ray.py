@@ -20,8 +20,6 @@ folder), never ranked, and not trained again by a rerun of either backend.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import queue
 import socket
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from pace_cli.errors import PaceError
-from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE, LOCK_FILE
+from pace_cli.files.layout import ADAPTER_FILE, CHECKPOINT_FILE
 from pace_cli.sweep.backends.asha import (SCHEDULERS, Halving, halve, record_stopped, refuse_unusable, stages,
                                           stopped_epoch, validation_by_epoch)
 from pace_cli.sweep.backends.base import (RunContext, refuse_another_recipe, saved_test_score, score, score_adapter,
