@@ -105,3 +105,17 @@ def tiny_swin(depths=(1, 1), num_classes: int = 5, **kwargs):
 
 
 MODEL_FACTORIES = {"vit": tiny_vit, "deit": tiny_deit, "swin": tiny_swin}
+
+
+def stop_after(step: int | None, stop):
+    """A training logger that requests ``stop`` once step ``step`` is logged (None: never), for
+    interrupting a run at a chosen step (the resume tests)."""
+    from pace_cli.training import TrainLogger
+
+    class StopAfter(TrainLogger):
+        def step(self, record):
+            if step is not None and record["step"] == step:
+                stop.request()
+
+    return StopAfter()
+

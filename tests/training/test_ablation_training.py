@@ -9,12 +9,12 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_recipe_text
+from helpers import stop_after, tiny_recipe_text
 from test_distributed import REPO, adapters, max_diff, torchrun, without_key_bias_shift
 
 from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe import parse_recipe
-from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger, train
+from pace_cli.training import StopRequest, TrainingInterrupted, train
 
 RECIPE = tiny_recipe_text(
     model={"drop_path_rate": 0.2, "drop_rate": 0.1},
@@ -33,15 +33,6 @@ CASES = {
     "lazy-copies-gp": ["pace.variant=lazy", "pace.copies=3", "regularizer.gp=0.1", "adapter.kind=lora_add"],
     "off-fpa-sam": ["pace.variant=off", "regularizer.fpa=0.5", "regularizer.sam_rho=0.05"],
 }
-
-
-class StopAfter(TrainLogger):
-    def __init__(self, step, stop):
-        self.at, self.stop = step, stop
-
-    def step(self, record):
-        if record["step"] == self.at:
-            self.stop.request()
 
 
 def test_two_processes_train_what_one_does(tmp_path):
@@ -63,7 +54,7 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path, name):
     straight = train(recipe, output_dir=tmp_path / "straight")
     stop = StopRequest()
     with pytest.raises(TrainingInterrupted):
-        train(recipe, output_dir=tmp_path / "interrupted", stop=stop, logger=StopAfter(3, stop))
+        train(recipe, output_dir=tmp_path / "interrupted", stop=stop, logger=stop_after(3, stop))
     resumed = train(recipe, output_dir=tmp_path / "interrupted", resume=True)
     a, b = load_tensors(straight.adapter_path), load_tensors(resumed.adapter_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_recipe_text
+from helpers import stop_after, tiny_recipe_text
 
 from pace_cli import distributed
 from pace_cli.data import build_dataset, make_loader
@@ -23,7 +23,7 @@ from pace_cli.errors import PaceError
 from pace_cli.files.layout import CHECKPOINT_FILE
 from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe import parse_recipe
-from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger, train
+from pace_cli.training import StopRequest, TrainingInterrupted, train
 from pace_cli.training.checkpoint import load_checkpoint
 
 RECIPE = tiny_recipe_text(
@@ -71,15 +71,6 @@ def without_key_bias_shift(state: dict) -> dict:
     return out
 
 
-class StopAfter(TrainLogger):
-    def __init__(self, step, stop):
-        self.at, self.stop = step, stop
-
-    def step(self, record):
-        if record["step"] == self.at:
-            self.stop.request()
-
-
 def test_two_processes_train_what_one_does_and_resume_across_world_sizes(tmp_path):
     cases = [(v, k) for v in VARIANTS for k in ("lora_mul+vpt_add", "lora_add")]
     one = {c: tmp_path / f"one-{c[0]}-{c[1]}" for c in cases}
@@ -89,7 +80,7 @@ def test_two_processes_train_what_one_does_and_resume_across_world_sizes(tmp_pat
     stop = StopRequest()
     with pytest.raises(TrainingInterrupted):
         train(parse_recipe(RECIPE, ["pace.variant=fast"]), output_dir=tmp_path / "one-then-two",
-              stop=stop, logger=StopAfter(3, stop))
+              stop=stop, logger=stop_after(3, stop))
     jobs = [{"recipe": RECIPE, "overrides": [f"pace.variant={v}", f"adapter.kind={k}"],
              "out": str(tmp_path / f"two-{v}-{k}")} for v, k in cases]
     jobs += [

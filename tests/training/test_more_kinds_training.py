@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from helpers import tiny_recipe_text
+from helpers import stop_after, tiny_recipe_text
 from typer.testing import CliRunner
 
 from pace_cli.cli import app
 from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe import parse_recipe
-from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger, train
+from pace_cli.training import StopRequest, TrainingInterrupted, train
 
 KINDS = ("lora_add+vpt_add", "bitfit", "ssf", "head")
 RECIPE = tiny_recipe_text(
@@ -30,15 +30,6 @@ RECIPE = tiny_recipe_text(
 REPO = Path(__file__).resolve().parents[2]
 
 
-class StopAfter(TrainLogger):
-    def __init__(self, step, stop):
-        self.at, self.stop = step, stop
-
-    def step(self, record):
-        if record["step"] == self.at:
-            self.stop.request()
-
-
 def adapters(path: Path) -> dict[str, torch.Tensor]:
     return load_tensors(path / "adapter.safetensors")
 
@@ -49,7 +40,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, kind):
     train(recipe, output_dir=tmp_path / "straight")
     stop = StopRequest()
     with pytest.raises(TrainingInterrupted):
-        train(recipe, output_dir=tmp_path / "resumed", stop=stop, logger=StopAfter(3, stop))
+        train(recipe, output_dir=tmp_path / "resumed", stop=stop, logger=stop_after(3, stop))
     train(recipe, output_dir=tmp_path / "resumed", resume=True)
     a, b = adapters(tmp_path / "straight"), adapters(tmp_path / "resumed")
     assert a.keys() == b.keys() and len(a) > 0

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_recipe_text
+from helpers import stop_after, tiny_recipe_text
 
 from pace_cli.evaluation import evaluate_targets
 from pace_cli.files.tensors import load_tensors
 from pace_cli.recipe import parse_recipe
-from pace_cli.training import StopRequest, TrainingInterrupted, TrainLogger, train
+from pace_cli.training import StopRequest, TrainingInterrupted, train
 
 RECIPE = tiny_recipe_text(
     model={"drop_path_rate": 0.2},
@@ -26,15 +26,6 @@ RECIPE = tiny_recipe_text(
 )
 KINDS = ("ia3", "dora")
 REPO = Path(__file__).resolve().parents[2]
-
-
-class StopAfter(TrainLogger):
-    def __init__(self, step, stop):
-        self.at, self.stop = step, stop
-
-    def step(self, record):
-        if record["step"] == self.at:
-            self.stop.request()
 
 
 def overrides(kind: str) -> list[str]:
@@ -52,7 +43,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, kind):
     straight = train(parse_recipe(RECIPE, overrides(kind)), output_dir=tmp_path / "straight")
     stop = StopRequest()
     with pytest.raises(TrainingInterrupted):
-        train(parse_recipe(RECIPE, overrides(kind)), output_dir=tmp_path / "cut", stop=stop, logger=StopAfter(3, stop))
+        train(parse_recipe(RECIPE, overrides(kind)), output_dir=tmp_path / "cut", stop=stop, logger=stop_after(3, stop))
     resumed = train(parse_recipe(RECIPE, overrides(kind)), output_dir=tmp_path / "cut", resume=True)
     a, b = load_tensors(straight.adapter_path), load_tensors(resumed.adapter_path)
     assert a.keys() == b.keys() and moved_from_init(a)
