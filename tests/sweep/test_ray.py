@@ -146,7 +146,13 @@ def test_a_dead_worker_is_retried_from_its_checkpoint_and_a_second_failure_is_re
 
 
 def _slow(run, step):
-    (run.run_dir.parents[1] / f"{run.run_dir.name}.stepped").write_text("")
+    sweep = run.run_dir.parents[1]
+    (sweep / f"{run.run_dir.name}.stepped").write_text("")
+    # A barrier at the first step: on a loaded machine the last worker can start after the first
+    # trials have finished, and the stop must find all four mid-run (the cluster runs four at once).
+    deadline = time.monotonic() + 120
+    while len(list(sweep.glob("*.stepped"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(0.5)
 
 
