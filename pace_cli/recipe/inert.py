@@ -74,4 +74,7 @@ def _unread_adapter_keys(recipe: Recipe) -> list[str]:
     if not spec.adapts_layers and "noise_free_blocks" in _VARIANT_KEYS[p.variant] and is_set(p, "noise_free_blocks"):
         notes.append(f"[pace] noise_free_blocks set but ignored with [adapter] kind = {a.kind!r} (no block is "
                      "adapted; the noise is on the head output alone)")
+    if not spec.adapts_layers and recipe.regularizer.l1 > 0:
+        notes.append(f"[regularizer] l1 set but ignored with [adapter] kind = {a.kind!r} (it penalises adapter "
+                     "tensors, and a linear probe has none; the head's weights take [optim] weight_decay)")
     return notes

@@ -226,7 +226,7 @@ class PaceRegularizer:
         loss = ce + self.config.lambda_ * consistency
         if reference is not None:
             loss = loss + self.config.fpa * (logits - reference).pow(2).sum() / global_size
-        if self.config.l1 > 0:
+        if self.config.l1 > 0 and self.l1_tensors:  # kind head has no adapter tensor to penalise
             # A constant per sample, so the shares of every process and micro-batch add up to one λ·Σ|θ|.
             l1 = torch.stack([t.abs().sum() for t in self.l1_tensors]).sum()
             loss = loss + self.config.l1 * l1 * (len(logits) / global_size)

@@ -34,6 +34,12 @@ def test_keys_the_variant_reads_are_not_warned(overrides):
     assert warnings(*overrides) == []
 
 
+def test_l1_is_inert_for_a_linear_probe():
+    notes = warnings("adapter.kind=head", "regularizer.l1=1e-4")
+    assert notes == ["[regularizer] l1 set but ignored with [adapter] kind = 'head' (it penalises adapter "
+                     "tensors, and a linear probe has none; the head's weights take [optim] weight_decay)"]
+
+
 def test_perturb_is_inert_with_additive_noise():
     notes = warnings("pace.noise=additive", "pace.perturb=output")
     assert notes == ["[pace] perturb set but ignored with noise = 'additive' (h0 + Δh + ε adds the same noise "

@@ -98,3 +98,12 @@ def test_pace_check_counts_each_kinds_parameters(tmp_path):
         assert result.exit_code == 0, result.output
         report = json.loads(result.output[result.output.index("{"):])
         assert report["trainable_parameters"] == count, kind
+
+
+def test_l1_on_a_linear_probe_trains_like_no_l1(tmp_path):
+    """l1 penalises adapter tensors; kind head has none, so the run equals one without it (and does not fail)."""
+    overrides = ["adapter.kind=head", "train.epochs=1"]
+    train(parse_recipe(RECIPE, overrides), output_dir=tmp_path / "plain")
+    train(parse_recipe(RECIPE, overrides + ["regularizer.l1=0.01"]), output_dir=tmp_path / "l1")
+    plain, with_l1 = adapters(tmp_path / "plain"), adapters(tmp_path / "l1")
+    assert plain.keys() == with_l1.keys() and all(torch.equal(plain[k], with_l1[k]) for k in plain)
