@@ -31,7 +31,7 @@ OutputFunction = Callable[[Any, Mapping[str, Any]], Any]
 #   factored  ΔW = lora_B @ lora_A and Δb = delta_bias, run as B (A x) without forming ΔW
 #   fused     ΔW is full rank: per-sample weights W0 + diag(z) ΔW, one batched matmul
 #   dense     h0(x) + z ⊙ (ΔW x + Δb) as written (e.g. a kind whose ΔW is zero)
-#   elementwise  h0(x) + z ⊙ Δh(h0(x)) from the kind's ``output_delta``, no ΔW formed (SSF)
+#   elementwise  h0(x) + z ⊙ Δh(h0(x)) from the kind's ``output_delta``, no ΔW formed (SSF; adapters/rescale.py)
 #   scale     (IA)³: h0 = W0 x + b0 once, Δh element-wise from it or from the scaled input (adapters/rescale.py)
 #   dora      DoRA: the row norms of W0 + B A once per forward, Δh from W0 x and B (A x) (adapters/rescale.py)
 TrainingPath = Literal["factored", "fused", "dense", "elementwise", "scale", "dora"]

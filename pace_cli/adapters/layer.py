@@ -28,8 +28,8 @@ class AdaptedLinear(nn.Module):
     architecture do not move. ``noise_sigma`` is set by the PACE schedule; noise is drawn only in
     training mode and when it is positive. A kind on the ``fused`` path (a full-rank ΔW, such as
     ``lora_mul``) runs the noisy forward with per-sample weights (:mod:`pace_cli.adapters.fused`)
-    unless ``per_sample_weights`` is off. A kind on the ``scale`` or ``dora`` path ((IA)³, DoRA)
-    runs its own forward from :mod:`pace_cli.adapters.rescale`, the same h0 + z ⊙ Δh.
+    unless ``per_sample_weights`` is off. A kind on the ``elementwise``, ``scale`` or ``dora`` path
+    (SSF, (IA)³, DoRA) runs its own forward from :mod:`pace_cli.adapters.rescale`, the same h0 + z ⊙ Δh.
     """
 
     per_sample_weights = True
@@ -91,8 +91,6 @@ class AdaptedLinear(nn.Module):
         kind_forward = KIND_FORWARDS.get(self.spec.training)
         if kind_forward is not None:
             return kind_forward(self, x, self.layer_noise(x) if noisy else None)
-        if self.spec.training == "elementwise":
-            return self.elementwise_forward(x, self.layer_noise(x) if noisy else None)
         factored = self.spec.training == "factored" and self.factored_lora
         if factored and not noisy:
             return self.factored_forward(x)
@@ -117,18 +115,6 @@ class AdaptedLinear(nn.Module):
         samples = getattr(self.batch_state, "samples", None)
         return draw_noise(x.shape[0], self.out_features, self.noise_sigma, samples, device=x.device, dtype=x.dtype,
                           batch=self.batch_state)
-
-    def elementwise_forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
-        """h0 + z ⊙ Δh(h0) for a kind whose Δh is per-channel in the base output (SSF), z = 1 without noise.
-
-        One matmul and a few passes over [N, d_out]; ΔW = diag(s) W0 of ``adapter_delta`` is never
-        formed (tested equal to it against a float64 reference).
-        """
-        base_out = F.linear(x, self.weight, self.bias)
-        delta_out = self.spec.output_delta(base_out, self.adapter_tensors())
-        if z is None:
-            return (base_out + delta_out).to(base_out.dtype)
-        return add_noisy(base_out, delta_out, z, batch=self.batch_state)
 
     def factored_bias(self) -> Tensor | None:
         """Δb of a factored kind, without forming ΔW: delta_bias, plus W0 p for lora_add+vpt_add."""

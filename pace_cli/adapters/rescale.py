@@ -1,9 +1,10 @@
-"""The training and unmerged forward of the kinds that rescale the base layer: (IA)³ and DoRA.
+"""The training and unmerged forward of the kinds that rescale the base layer: SSF, (IA)³ and DoRA.
 
 Both are written as h = h0 + Δh with h0 = W0 x + b0, so PACE's noise multiplies Δh alone,
 h = h0 + z ⊙ Δh, as for every kind (z [samples, d_out], shared by a sample's tokens). Neither
 forms a d_out × d_in tensor per sample:
 
+    SSF (``elementwise``)   h0 once;  Δh = the kind's ``output_delta`` of h0        element-wise
     (IA)³, output scaling   h0 once;  Δh = (l − 1) ⊙ h0                          element-wise
     (IA)³, input scaling    h0 once;  Δh = W0 ((l − 1) ⊙ x)                      one more matmul
     DoRA                    s = m / ‖W0 + B A‖ once per forward (row norms, detached as PEFT does);
@@ -29,6 +30,13 @@ def _finish(base_out: Tensor, delta_out: Tensor, z: Tensor | None, batch=None) -
         wide = torch.promote_types(base_out.dtype, delta_out.dtype)
         return (base_out.to(wide) + delta_out).to(base_out.dtype)
     return add_noisy(base_out, delta_out, z, batch=batch)
+
+
+def elementwise_forward(layer, x: Tensor, z: Tensor | None) -> Tensor:
+    """h0 + z ⊙ Δh(h0) for a kind whose Δh is per-channel in the base output (SSF): one matmul and a few
+    passes over [N, d_out], never ΔW = diag(s) W0 (tested equal to ``adapter_delta`` in float64)."""
+    base_out = F.linear(x, layer.weight, layer.bias)
+    return _finish(base_out, layer.spec.output_delta(base_out, layer.adapter_tensors()), z, layer.batch_state)
 
 
 def ia3_forward(layer, x: Tensor, z: Tensor | None) -> Tensor:
@@ -74,4 +82,4 @@ def dora_forward(layer, x: Tensor, z: Tensor | None) -> Tensor:
 
 
 # AdaptedLinear.forward runs a kind whose row names one of these training paths through it.
-KIND_FORWARDS = {"scale": ia3_forward, "dora": dora_forward}
+KIND_FORWARDS = {"elementwise": elementwise_forward, "scale": ia3_forward, "dora": dora_forward}
