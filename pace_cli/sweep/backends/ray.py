@@ -167,7 +167,7 @@ class RayBackend:
             todo = [run for run in trial_runs if run.setting.name not in stopped_at and (rung is None or (
                 rung in self.halving.rungs(run.recipe) and rung not in validation_by_epoch(run.run_dir)))]
             for outcome in self._trials(ray, todo, context, stop_at=rung) if todo else ():
-                trial_runs = [run for run in trial_runs if str(run.run_dir) != outcome.run_dir]  # failed for good
+                trial_runs = [run for run in trial_runs if str(run.run_dir) != outcome.run_dir]  # ended: done or failed
                 yield outcome
             if rung is None:
                 return
